@@ -1,0 +1,109 @@
+"""Reading and writing record datasets: JSONL shards plus a manifest.
+
+Layout of a prepared dataset folder::
+
+    DST/
+      manifest.json            # dataset name, split, sizes, label conventions, source, shards
+      records/00000.jsonl      # one Record per line (``vlm3.data.records.Record``)
+      records/00001.jsonl
+      images/...               # optional: materialised (e.g. focal-unified) images
+
+Image paths inside records are relative to ``manifest["image_root"]`` (absolute, or relative to
+the manifest's folder). Shards are plain JSONL, so ``datasets.load_dataset("json", ...)`` reads
+them too (:func:`as_hf_dataset`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from vlm3.data.records import SCHEMA_VERSION, Record
+
+MANIFEST = "manifest.json"
+RECORDS_DIR = "records"
+
+
+def shard_path(out_dir: str | Path, index: int) -> Path:
+    return Path(out_dir) / RECORDS_DIR / f"{index:05d}.jsonl"
+
+
+def write_shard(records: Iterable[Record], path: str | Path) -> int:
+    """Write records to one JSONL shard atomically (temp file + rename). Returns the count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    n = 0
+    with open(tmp, "w") as f:
+        for rec in records:
+            f.write(rec.model_dump_json(exclude_none=True) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def read_shard(path: str | Path) -> Iterator[Record]:
+    """Yield records of one shard; a malformed line raises ValueError naming file and line."""
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield Record.model_validate_json(line)
+            except ValidationError as e:
+                first = e.errors()[0]
+                loc = ".".join(str(x) for x in first["loc"])
+                raise ValueError(f"{path}:{lineno}: invalid record field '{loc}': {first['msg']}") from None
+
+
+def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest.json`` (adds ``schema_version``)."""
+    path = Path(out_dir) / MANIFEST
+    data = {"schema_version": SCHEMA_VERSION, **manifest}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(data_dir: str | Path) -> dict[str, Any]:
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"no {MANIFEST} in {data_dir}: not a prepared vlm3 dataset (run `vlm3 prepare` or `vlm3 synth`)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from None
+
+
+def image_root(data_dir: str | Path, manifest: dict[str, Any] | None = None) -> Path:
+    """Folder that record image paths are relative to."""
+    manifest = read_manifest(data_dir) if manifest is None else manifest
+    root = Path(manifest.get("image_root", "."))
+    return root if root.is_absolute() else (Path(data_dir) / root).resolve()
+
+
+def shard_paths(data_dir: str | Path) -> list[Path]:
+    return sorted((Path(data_dir) / RECORDS_DIR).glob("*.jsonl"))
+
+
+def read_records(data_dir: str | Path) -> Iterator[Record]:
+    """Yield every record of a prepared dataset, shard by shard, in order."""
+    paths = shard_paths(data_dir)
+    if not paths:
+        raise FileNotFoundError(f"no record shards in {Path(data_dir) / RECORDS_DIR}")
+    for p in paths:
+        yield from read_shard(p)
+
+
+def as_hf_dataset(data_dir: str | Path):
+    """The records as a Hugging Face ``datasets.Dataset`` (one row per record, nested fields as JSON)."""
+    import datasets
+
+    rows = [{"id": r.id, "dataset": r.dataset, "record": r.model_dump_json(exclude_none=True)} for r in read_records(data_dir)]
+    return datasets.Dataset.from_list(rows)

@@ -1,0 +1,84 @@
+"""Apply focal-length unification to a record: resample its images and move every pixel label.
+
+Depth values, 3D boxes and poses are metric and do not change; pixels, 2D boxes and intrinsics do.
+Labels that leave the image (possible only with ``size_multiple`` cropping) are dropped and counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vlm3.data.records import DepthLabels, Matches, Record
+from vlm3.geometry.unify import FocalTransform, unify_focal
+
+
+@dataclass
+class UnifiedRecord:
+    """A record whose views are unified, their images in memory, and the transforms used."""
+
+    record: Record
+    images: list[np.ndarray]
+    transforms: list[FocalTransform]
+    dropped_labels: int = 0
+
+
+def unify_record(
+    record: Record,
+    images: list[np.ndarray],
+    target: float = 1000.0,
+    size_multiple: int | None = None,
+    *,
+    enabled: bool = True,
+) -> UnifiedRecord:
+    """Unify every view of ``record`` to focal ``target`` (pixels); ``images`` are its decoded views.
+
+    With ``enabled=False`` the images are left alone (the "no unification" ablation) but the
+    record still passes through the same code path, so both arms see identical labels otherwise.
+    """
+    if len(images) != len(record.views):
+        raise ValueError(f"record {record.id}: {len(images)} images for {len(record.views)} views")
+    if not enabled:
+        ident = [FocalTransform(v.K, v.K, None) for v in record.views]
+        return UnifiedRecord(record.model_copy(deep=True), list(images), ident)
+
+    new_views, new_images, transforms = [], [], []
+    for view, image in zip(record.views, images):
+        out = unify_focal(image, view.K, target, dist=view.dist, size_multiple=size_multiple)
+        new_views.append(view.model_copy(update={"intrinsics": out.K.to_list(), "dist": None}))
+        new_images.append(np.asarray(out.image))
+        transforms.append(out.transform)
+
+    update: dict = {"views": new_views}
+    dropped = 0
+    if record.depth is not None:
+        px = transforms[0].forward(np.asarray(record.depth.pixels, dtype=np.float64).reshape(-1, 2))
+        keep = new_views[0].K.contains(px)
+        dropped += int((~keep).sum())
+        update["depth"] = DepthLabels(
+            pixels=[tuple(p) for p in px[keep].tolist()],
+            depth=[d for d, k in zip(record.depth.depth, keep) if k],
+            depth_type=record.depth.depth_type,
+        )
+    if record.matches is not None:
+        p0 = transforms[0].forward(np.asarray(record.matches.pixels0, dtype=np.float64).reshape(-1, 2))
+        p1 = transforms[1].forward(np.asarray(record.matches.pixels1, dtype=np.float64).reshape(-1, 2))
+        keep = new_views[0].K.contains(p0) & new_views[1].K.contains(p1)
+        dropped += int((~keep).sum())
+        update["matches"] = Matches(pixels0=[tuple(p) for p in p0[keep].tolist()], pixels1=[tuple(p) for p in p1[keep].tolist()])
+    if record.objects:
+        objs = []
+        for obj in record.objects:
+            if obj.box2d is None:
+                objs.append(obj.model_copy())
+                continue
+            box = transforms[0].boxes_forward(np.asarray(obj.box2d))[0]
+            K = new_views[0].K
+            box = np.clip(box, 0, [K.width, K.height, K.width, K.height])
+            objs.append(obj.model_copy(update={"box2d": tuple(float(v) for v in box)}))
+        update["objects"] = objs
+    meta = dict(record.meta)
+    meta["unified_focal"] = float(target)
+    update["meta"] = meta
+    return UnifiedRecord(record.model_copy(update=update, deep=True), new_images, transforms, dropped)
