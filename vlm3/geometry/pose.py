@@ -78,8 +78,10 @@ def ypr_to_rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
 def rotation_angle_deg(R_a: np.ndarray, R_b: np.ndarray) -> float:
     """Geodesic angle between two rotations, degrees in [0, 180]."""
     R = np.asarray(R_a, dtype=np.float64).T @ np.asarray(R_b, dtype=np.float64)
-    cos = np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0)
-    return float(np.degrees(np.arccos(cos)))
+    # atan2 of (sin, cos) stays accurate near 0 and 180 degrees, unlike arccos of the trace.
+    sin = np.linalg.norm([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]]) / 2.0
+    cos = (np.trace(R) - 1.0) / 2.0
+    return float(np.degrees(np.arctan2(sin, cos)))
 
 
 def is_rotation(R: np.ndarray, atol: float = 1e-4) -> bool:
