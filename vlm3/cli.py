@@ -29,6 +29,186 @@ def version() -> None:
 # --- commands (one block each; keep blocks independent) -------------------------------------
 
 
+@app.command()
+def synth(
+    out: str = typer.Option(..., "--out", help="output dataset folder"),
+    family: str = typer.Option("fixed_rig", help="scene family: fixed_rig, random_rig or outdoor"),
+    scenes: int = typer.Option(200, min=1, help="number of scenes (one record each)"),
+    seed: int = typer.Option(0, min=0, help="scene i is seeded from (seed, i)"),
+    tasks: str = typer.Option("depth,pose,corr,object", help="comma-separated: depth, pose, corr, object"),
+    points: int = typer.Option(10, min=0, help="depth points per record"),
+    matches: int = typer.Option(20, min=0, help="correspondences per record"),
+    workers: int = typer.Option(1, min=1, help="parallel worker processes (output is identical)"),
+    name: str | None = typer.Option(None, help="dataset name (default: the family name)"),
+    split: str = typer.Option("train", help="split written into the records"),
+    save_depth: bool = typer.Option(False, "--save-depth", help="also save dense depth (.npy) and id maps"),
+    focal_range: str | None = typer.Option(None, help="native focal range in pixels, e.g. 70,280"),
+    size: str | None = typer.Option(None, help="image size WxH (e.g. 112x112) or a width range W1-W2"),
+    set_: list[str] = typer.Option([], "--set", help="override any family parameter, e.g. --set camera_height=1.2,1.6"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing dataset in --out"),
+) -> None:
+    """Render synthetic 3D scenes into a prepared vlm3 dataset (records, PNG images, manifest)."""
+    from vlm3.data.synth import generate, get_family, normalize_tasks, parse_override
+
+    try:
+        fam = get_family(family)
+        overrides: dict = {}
+        if focal_range is not None:
+            overrides["focal"] = parse_override(fam, f"focal={focal_range}")[1]
+        if size is not None:
+            text = size.lower().replace(" ", "")
+            if "x" in text:
+                w, h = (int(v) for v in text.split("x", 1))
+                overrides.update(width=(w, w), aspect=(w / h, w / h))
+            elif "-" in text:
+                lo, hi = (int(v) for v in text.split("-", 1))
+                overrides["width"] = (lo, hi)
+            else:
+                raise ValueError(f"--size {size!r}: use WxH (e.g. 112x112) or a width range W1-W2 (e.g. 56-224)")
+        for item in set_:
+            key, value = parse_override(fam, item)
+            overrides[key] = value
+        fam = get_family(fam, **overrides)
+        task_list = normalize_tasks(tasks)
+    except (KeyError, ValueError) as e:
+        raise typer.BadParameter(str(e).strip("'\"")) from None
+    try:
+        path = generate(
+            fam, scenes, out, seed=seed, tasks=task_list, points=points, matches=matches, workers=workers,
+            dataset_name=name, save_depth=save_depth, split=split, overwrite=overwrite,
+        )
+    except (FileExistsError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {scenes} {fam.name} scenes ({', '.join(task_list)}) to {path}")
+
+
+# --- score: metrics of pre-paired predictions from any model (vlm3.eval.score) --------------
+
+
+@app.command("score")
+def score_command(
+    task: str = typer.Argument(..., help="Task: depth, pose, corr or object."),
+    file: str = typer.Argument(..., help="JSONL file, one prediction/ground-truth pair per line."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    n_coords: int = typer.Option(2000, "--n-coords", help="Range N of text coordinates (corr text answers)."),
+) -> None:
+    """Score pre-paired predictions (depth, pose, corr, object) without running a model."""
+    from vlm3.eval.score import run
+
+    raise typer.Exit(run(task, file, as_json=as_json, n_coords=n_coords))
+
+
+# --- tiny-model: build a tiny VLM of a real Qwen-VL architecture (vlm3.models.tiny) ---------
+
+
+@app.command("tiny-model")
+def tiny_model(
+    family: str = typer.Option(..., "--family", help="Architecture: qwen2_5_vl or qwen3_vl."),
+    out: str = typer.Option(..., "--out", help="Folder to write the checkpoint to."),
+    size: str = typer.Option("tiny", "--size", help="tiny (~2-3M parameters) or small (~7-10M)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
+) -> None:
+    """Build a randomly initialised tiny VLM and save it as a plain transformers checkpoint."""
+    import json
+
+    from vlm3.models.tiny import FAMILIES, SIZES, build_tiny_model
+
+    if family not in FAMILIES:
+        raise typer.BadParameter(f"--family must be one of {', '.join(FAMILIES)}")
+    if size not in SIZES:
+        raise typer.BadParameter(f"--size must be one of {', '.join(SIZES)}")
+    folder = build_tiny_model(family, out, size=size, seed=seed)
+    info = json.loads((folder / "vlm3_tiny.json").read_text())
+    typer.echo(f"{family} {size} (seed {seed}): {info['parameters']:,} parameters")
+    typer.echo(f"saved to {folder.resolve()}")
+
+
+# --- prepare: convert a dataset into vlm3 records (vlm3.data.prepare) ------------------------
+
+
+@app.command("prepare")
+def prepare_command(
+    adapter: str = typer.Argument(..., help="Adapter name, e.g. depthlm-jsonl (an unknown name lists them)."),
+    root: str | None = typer.Option(None, "--root", help="The dataset's folder in its original layout (SRC)."),
+    out: str | None = typer.Option(None, "--out", help="Output folder (DST) for records, manifest and report."),
+    focal: float = typer.Option(1000.0, "--focal", help="Unified focal length in pixels (with --materialize)."),
+    size_multiple: int | None = typer.Option(None, "--size-multiple", help="Round unified image sizes to this multiple."),
+    points: int | None = typer.Option(None, "--points", help="Labelled pixels kept per record (default: adapter's)."),
+    workers: int = typer.Option(1, "--workers", help="Parallel worker processes."),
+    seed: int = typer.Option(0, "--seed", help="Seed of everything sampled."),
+    split: str = typer.Option("train", "--split", help="Split written into the records."),
+    materialize: bool = typer.Option(
+        False, "--materialize/--no-materialize", help="Write focal-unified PNG images under DST/images."
+    ),
+    num_shards: int = typer.Option(1, "--num-shards", help="Split the units over this many jobs (e.g. a SLURM array)."),
+    shard_index: int = typer.Option(0, "--shard-index", help="Which of the --num-shards jobs this is (0-based)."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Adapter option key=value (repeatable)."),
+    help_adapter: bool = typer.Option(False, "--help-adapter", help="Show the adapter's expected layout and options."),
+) -> None:
+    """Convert a dataset into vlm3 records: parallel, resumable, with a rejection report."""
+    from rich.console import Console
+
+    from vlm3.data.adapters import get_adapter
+    from vlm3.data.prepare import PrepareError, PrepareOptions, parse_option_pairs, prepare, print_report
+
+    err = Console(stderr=True)
+    try:
+        cls = get_adapter(adapter)
+    except KeyError as e:
+        err.print(f"Error: {e.args[0]}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if help_adapter:
+        typer.echo(f"{cls.name}: {cls.description}\ntasks: {', '.join(cls.tasks) or '-'}\n\n{cls.layout}")
+        return
+    if root is None or out is None:
+        err.print("Error: --root SRC and --out DST are required", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(2)
+    try:
+        opts = PrepareOptions(
+            focal=focal, size_multiple=size_multiple, points=points, workers=workers, seed=seed, split=split,
+            materialize=materialize, num_shards=num_shards, shard_index=shard_index, options=parse_option_pairs(option),
+        )
+        report = prepare(adapter, root, out, opts, console=err)
+    except KeyboardInterrupt:
+        err.print("interrupted: finished units are kept; re-run the same command to resume", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    except (PrepareError, OSError, ValueError) as e:
+        err.print(f"Error: {e}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    print_report(report)
+
+
+# --- mixture: show the effective data mixture of a config (vlm3.data.mixture) ----------------
+
+
+@app.command("mixture")
+def mixture_command(
+    config: str = typer.Argument(..., help="Mixture YAML (policy, datasets: name: size, overrides: name: weight)."),
+    policy: str | None = typer.Option(None, "--policy", help="Override the file's policy: uniform, size, size^ALPHA, explicit."),
+    use_overrides: bool = typer.Option(True, "--overrides/--no-overrides", help="Apply the file's per-dataset weights."),
+    draws: str | None = typer.Option(None, "--draws", help="Draws to plan for, e.g. 32M (default: the file's, else the sum of sizes)."),
+) -> None:
+    """Print the effective mixture: size, weight, probability and expected draws per dataset."""
+    from rich.console import Console
+
+    from vlm3.data.mixture import MixtureError, load_mixture_config, mixture_table, parse_size
+
+    try:
+        cfg = load_mixture_config(config)
+        if policy is not None:
+            cfg.policy = policy
+        weights = cfg.weights(use_overrides=use_overrides)
+        total = sum(weights.values())
+        probs = {k: v / total for k, v in weights.items()}
+        n = parse_size(draws, "--draws") if draws is not None else cfg.draws
+    except MixtureError as e:
+        Console(stderr=True).print(f"Error: {e}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    arm = f"policy {cfg.policy}" + (" + overrides" if use_overrides and cfg.overrides else "")
+    mixture_table(cfg.sizes, probs, weights=weights, draws=n, title=f"{config} ({arm})")
+
+
 def main() -> None:
     app()
 

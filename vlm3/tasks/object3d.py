@@ -1,0 +1,521 @@
+"""Object-level 3D questions (SpatialRGPT-Bench style), with regions named by 2D boxes.
+
+An object is a 3D box in the camera frame (X right, Y down, Z forward, metres): centre, size
+(width, height, length) along the box's own axes (the columns of ``R_cam_from_box``, the height
+axis along gravity), plus its 2D box as normalised text coordinates ``(xMin, yMin, xMax, yMax)``
+(``vlm3.textref``) and an optional name. Questions call it "bounding box region (…)".
+
+Geometry is measured in a gravity-aligned frame built from the gravity direction in camera
+coordinates (default (0, 1, 0): camera Y is down): up = -gravity, forward = camera Z made
+horizontal, right = down x forward (camera X when the camera is level).
+
+Qualitative predicates "A <predicate> B" compare, strictly:
+    above/below: height of the centres along up;  left/right: centres along right;
+    behind/front: centres along forward (behind = farther from the camera);
+    big/small: volumes;  tall/short: heights;  wide/thin: widths.
+Quantitative values: direct distance between centres, horizontal distance (perpendicular to
+gravity), vertical distance (along gravity), width and height of A (metres), and the direction
+of B from A as a clock hour in the ground plane (12 = camera forward, 3 = right, 1..12).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vlm3.geometry.pose import is_rotation
+from vlm3.tasks.common import (
+    as_float,
+    assistant_turn,
+    extract_answer,
+    mean_or_nan,
+    normalise_text,
+    parse_length,
+    share,
+    user_turn,
+)
+from vlm3.textref import format_box
+
+DEFAULT_GRAVITY: tuple[float, float, float] = (0.0, 1.0, 0.0)
+KINDS: tuple[str, ...] = ("qualitative", "quantitative", "direction")
+
+# predicate -> (category, relation phrase)
+PREDICATES: dict[str, tuple[str, str]] = {
+    "above": ("below_above", "above"),
+    "below": ("below_above", "below"),
+    "left": ("left_right", "to the left of"),
+    "right": ("left_right", "to the right of"),
+    "big": ("big_small", "bigger than"),
+    "small": ("big_small", "smaller than"),
+    "tall": ("tall_short", "taller than"),
+    "short": ("tall_short", "shorter than"),
+    "wide": ("wide_thin", "wider than"),
+    "thin": ("wide_thin", "thinner than"),
+    "behind": ("behind_front", "behind"),
+    "front": ("behind_front", "in front of"),
+}
+
+QUALITATIVE_QUESTIONS: tuple[str, ...] = (
+    "Is {a} {rel} {b}?",
+    "Can you confirm if {a} is {rel} {b}?",
+    "Would you say that {a} is {rel} {b}?",
+    "Is it true that {a} is {rel} {b}?",
+)
+TRUE_ANSWERS: tuple[str, ...] = (
+    "Correct, {a} is {rel} {b}.",
+    "Yes, {a} is {rel} {b}.",
+    "That is true, {a} is {rel} {b}.",
+)
+FALSE_ANSWERS: tuple[str, ...] = (
+    "Incorrect, {a} is not {rel} {b}.",
+    "No, {a} is not {rel} {b}.",
+    "That is false, {a} is not {rel} {b}.",
+)
+
+# quantity -> (question templates, answer templates); {x} is the formatted value.
+QUANTITIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "direct_distance": (
+        ("What is the direct distance between {a} and {b}?", "How far apart are {a} and {b}?", "How far is {a} from {b}?"),
+        ("The direct distance between {a} and {b} is {x}.", "{a} and {b} are {x} apart.", "{a} is {x} away from {b}."),
+    ),
+    "horizontal_distance": (
+        (
+            "What is the horizontal distance between {a} and {b}?",
+            "How far apart are {a} and {b} horizontally?",
+            "Measure the horizontal distance from {a} to {b}.",
+        ),
+        (
+            "The horizontal distance between {a} and {b} is {x}.",
+            "{a} and {b} are {x} apart horizontally.",
+            "Horizontally, {a} is {x} from {b}.",
+        ),
+    ),
+    "vertical_distance": (
+        (
+            "What is the vertical distance between {a} and {b}?",
+            "How far apart are {a} and {b} vertically?",
+            "Measure the vertical distance from {a} to {b}.",
+        ),
+        (
+            "The vertical distance between {a} and {b} is {x}.",
+            "{a} and {b} are {x} apart vertically.",
+            "Vertically, {a} is {x} from {b}.",
+        ),
+    ),
+    "width": (
+        ("How wide is {a}?", "What is the width of {a}?", "Measure the width of {a}."),
+        ("{a} is {x} wide.", "The width of {a} is {x}.", "{a} measures {x} across."),
+    ),
+    "height": (
+        ("How tall is {a}?", "What is the height of {a}?", "Measure the height of {a}."),
+        ("{a} is {x} tall.", "The height of {a} is {x}.", "{a} stands {x} tall."),
+    ),
+    "direction": (
+        (
+            "If you are at {a}, where will you find {b}?",
+            "In which clock direction is {b} as seen from {a}?",
+            "Standing at {a}, in which direction is {b}?",
+        ),
+        (
+            "{b} is roughly at {x} o'clock from {a}.",
+            "{b} is at {x} o'clock as seen from {a}.",
+            "From {a}, {b} is around {x} o'clock.",
+        ),
+    ),
+}
+SINGLE_OBJECT_QUANTITIES: frozenset[str] = frozenset({"width", "height"})
+
+
+# --- objects and the ground frame ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Object3D:
+    """A labelled object: 2D text box, 3D box in the camera frame (metres), optional name."""
+
+    box2d: tuple[int, int, int, int]
+    center: np.ndarray
+    size: np.ndarray  # (width, height, length) along the box axes
+    R_cam_from_box: np.ndarray = field(default_factory=lambda: np.eye(3))
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        center = np.asarray(self.center, dtype=np.float64).reshape(-1)
+        size = np.asarray(self.size, dtype=np.float64).reshape(-1)
+        R = np.asarray(self.R_cam_from_box, dtype=np.float64)
+        if center.size != 3 or not np.all(np.isfinite(center)):
+            raise ValueError(f"object centre must be 3 finite numbers, got {self.center!r}")
+        if size.size != 3 or not np.all(np.isfinite(size)) or np.any(size <= 0):
+            raise ValueError(f"object size (width, height, length) must be 3 positive numbers, got {self.size!r}")
+        if not is_rotation(R):
+            raise ValueError("R_cam_from_box must be a 3x3 rotation matrix")
+        if len(self.box2d) != 4:
+            raise ValueError(f"box2d must be (xMin, yMin, xMax, yMax), got {self.box2d!r}")
+        object.__setattr__(self, "center", center)
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "R_cam_from_box", R)
+        object.__setattr__(self, "box2d", tuple(int(v) for v in self.box2d))
+
+    @property
+    def width(self) -> float:
+        return float(self.size[0])
+
+    @property
+    def height(self) -> float:
+        return float(self.size[1])
+
+    @property
+    def volume(self) -> float:
+        return float(np.prod(self.size))
+
+    @property
+    def region(self) -> str:
+        """How questions name the object: ``bounding box region (xMin, yMin, xMax, yMax)``."""
+        return f"bounding box region {format_box(self.box2d)}"
+
+    def corners(self) -> np.ndarray:
+        """The 8 box corners in the camera frame, (8, 3)."""
+        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
+        return self.center + (signs * self.size / 2) @ self.R_cam_from_box.T
+
+
+def ground_frame(gravity: Sequence[float] = DEFAULT_GRAVITY) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(right, up, forward) unit axes in camera coordinates for a gravity direction (down)."""
+    down = np.asarray(gravity, dtype=np.float64).reshape(3)
+    norm = np.linalg.norm(down)
+    if not (np.isfinite(norm) and norm > 0):
+        raise ValueError(f"gravity must be a non-zero finite 3-vector, got {gravity!r}")
+    down = down / norm
+    z = np.array([0.0, 0.0, 1.0])
+    forward = z - (z @ down) * down
+    if np.linalg.norm(forward) > 1e-6:
+        forward /= np.linalg.norm(forward)
+        right = np.cross(down, forward)
+    else:  # camera looking straight along gravity: take right from camera X instead
+        x = np.array([1.0, 0.0, 0.0])
+        right = x - (x @ down) * down
+        right /= np.linalg.norm(right)
+        forward = np.cross(right, down)
+    return right, -down, forward
+
+
+def _coords(point: np.ndarray, gravity: Sequence[float]) -> np.ndarray:
+    """(right, up, forward) coordinates of a camera-frame point or vector."""
+    right, up, forward = ground_frame(gravity)
+    return np.array([right @ point, up @ point, forward @ point])
+
+
+def predicate_holds(predicate: str, a: Object3D, b: Object3D, gravity: Sequence[float] = DEFAULT_GRAVITY) -> bool:
+    """Truth of "A <predicate> B" (see module doc for the definitions)."""
+    if predicate not in PREDICATES:
+        raise ValueError(f"predicate {predicate!r} must be one of {tuple(PREDICATES)}")
+    ca, cb = _coords(a.center, gravity), _coords(b.center, gravity)
+    comparisons = {
+        "above": ca[1] > cb[1],
+        "below": ca[1] < cb[1],
+        "left": ca[0] < cb[0],
+        "right": ca[0] > cb[0],
+        "behind": ca[2] > cb[2],
+        "front": ca[2] < cb[2],
+        "big": a.volume > b.volume,
+        "small": a.volume < b.volume,
+        "tall": a.height > b.height,
+        "short": a.height < b.height,
+        "wide": a.width > b.width,
+        "thin": a.width < b.width,
+    }
+    return bool(comparisons[predicate])
+
+
+def clock_hour(vector: Sequence[float], gravity: Sequence[float] = DEFAULT_GRAVITY) -> int:
+    """Clock hour 1..12 of a camera-frame vector on the ground plane (12 = forward, 3 = right).
+
+    A vertical vector (no horizontal part) is 12.
+    """
+    right, _, forward = _coords(np.asarray(vector, dtype=np.float64).reshape(3), gravity)
+    if math.hypot(right, forward) < 1e-12:
+        return 12
+    hour = round(math.degrees(math.atan2(right, forward)) / 30.0) % 12
+    return 12 if hour == 0 else int(hour)
+
+
+def quantity_value(
+    quantity: str, a: Object3D, b: Object3D | None = None, gravity: Sequence[float] = DEFAULT_GRAVITY
+) -> float | int:
+    """Labelled value of a quantitative question: metres, or a clock hour for ``"direction"``."""
+    if quantity not in QUANTITIES:
+        raise ValueError(f"quantity {quantity!r} must be one of {tuple(QUANTITIES)}")
+    if quantity == "width":
+        return a.width
+    if quantity == "height":
+        return a.height
+    if b is None:
+        raise ValueError(f"quantity {quantity!r} needs two objects")
+    delta = b.center - a.center
+    if quantity == "direction":
+        return clock_hour(delta, gravity)
+    right, up, forward = _coords(delta, gravity)
+    if quantity == "direct_distance":
+        return float(np.linalg.norm(delta))
+    if quantity == "horizontal_distance":
+        return float(math.hypot(right, forward))
+    return float(abs(up))
+
+
+# --- questions and answers ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObjectQA:
+    """One question/answer pair with its labelled value.
+
+    ``value`` is a bool (qualitative), metres (quantitative) or a clock hour (direction).
+    """
+
+    question: str
+    answer: str
+    kind: str
+    category: str
+    value: bool | float | int
+
+
+def _pick(options: Sequence[str], rng: np.random.Generator | None) -> str:
+    return options[0] if rng is None else options[int(rng.integers(len(options)))]
+
+
+def _sentence(template: str, **parts: str) -> str:
+    text = template.format(**parts)
+    return text[:1].upper() + text[1:]
+
+
+def format_length(metres: float, rng: np.random.Generator | None = None) -> str:
+    """A length for an answer: "1.25 meters" by default; with ``rng`` also feet, and below 1 m
+    centimeters or inches, as people write them."""
+    units = [("meters", 1.0, 2), ("feet", 0.3048, 2)]
+    if metres < 1.0:
+        units += [("centimeters", 0.01, 1), ("inches", 0.0254, 1)]
+    name, scale, decimals = units[0] if rng is None else units[int(rng.integers(len(units)))]
+    return f"{metres / scale:.{decimals}f} {name}"
+
+
+def qualitative_qa(
+    predicate: str,
+    a: Object3D,
+    b: Object3D,
+    *,
+    gravity: Sequence[float] = DEFAULT_GRAVITY,
+    rng: np.random.Generator | None = None,
+) -> ObjectQA:
+    """"Is A <predicate> B?" with a Correct/Incorrect style answer; phrasing drawn by ``rng``."""
+    holds = predicate_holds(predicate, a, b, gravity)
+    category, rel = PREDICATES[predicate]
+    parts = {"a": a.region, "b": b.region, "rel": rel}
+    question = _sentence(_pick(QUALITATIVE_QUESTIONS, rng), **parts)
+    answer = _sentence(_pick(TRUE_ANSWERS if holds else FALSE_ANSWERS, rng), **parts)
+    return ObjectQA(question, answer, "qualitative", category, holds)
+
+
+def quantitative_qa(
+    quantity: str,
+    a: Object3D,
+    b: Object3D | None = None,
+    *,
+    gravity: Sequence[float] = DEFAULT_GRAVITY,
+    rng: np.random.Generator | None = None,
+) -> ObjectQA:
+    """A distance / size / clock-direction question about A (and B) with its answer."""
+    value = quantity_value(quantity, a, b, gravity)
+    questions, answers = QUANTITIES[quantity]
+    x = str(value) if quantity == "direction" else format_length(float(value), rng)
+    parts = {"a": a.region, "b": b.region if b is not None else "", "x": x}
+    kind = "direction" if quantity == "direction" else "quantitative"
+    return ObjectQA(_sentence(_pick(questions, rng), **parts), _sentence(_pick(answers, rng), **parts), kind, quantity, value)
+
+
+def object_qas(
+    a: Object3D,
+    b: Object3D,
+    *,
+    gravity: Sequence[float] = DEFAULT_GRAVITY,
+    rng: np.random.Generator | None = None,
+    predicates: Sequence[str] = tuple(PREDICATES),
+    quantities: Sequence[str] = tuple(QUANTITIES),
+) -> list[ObjectQA]:
+    """All requested qualitative and quantitative pairs for objects A and B (size ones about A)."""
+    qas = [qualitative_qa(p, a, b, gravity=gravity, rng=rng) for p in predicates]
+    qas += [quantitative_qa(q, a, None if q in SINGLE_OBJECT_QUANTITIES else b, gravity=gravity, rng=rng) for q in quantities]
+    return qas
+
+
+def object_messages(qas: Sequence[ObjectQA]) -> list[dict]:
+    """Chat messages (HF format): one turn per pair, the image in the first user turn only."""
+    messages = []
+    for i, qa in enumerate(qas):
+        messages.append(user_turn(qa.question, n_images=1 if i == 0 else 0))
+        messages.append(assistant_turn(qa.answer))
+    return messages
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+_VERDICT = re.compile(
+    r"\b(?:(?P<no>not\s+(?:correct|true|right)|incorrect|false|no|nope|wrong)"
+    r"|(?P<yes>yes|yep|yeah|correct|true|indeed))\b",
+    re.IGNORECASE,
+)
+_HOUR_WORDS = {
+    w: i
+    for i, w in enumerate(
+        ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"), start=1
+    )
+}
+_HOUR = r"(\d{1,2}|" + "|".join(_HOUR_WORDS) + r")"
+_CLOCK = re.compile(rf"(?<![\w.]){_HOUR}\s*o\s*['’`]?\s*clock", re.IGNORECASE)
+_AT_HOUR = re.compile(rf"\bat\s+(?:around\s+|about\s+)?{_HOUR}(?![\w.,]\d|\w)", re.IGNORECASE)
+_BARE_HOUR = re.compile(rf"^\W*{_HOUR}\W*$", re.IGNORECASE)
+
+
+def parse_yes_no(text: Any) -> bool | None:
+    """True/False from the first verdict word (correct/incorrect, yes/no, true/false), or None."""
+    try:
+        match = _VERDICT.search(extract_answer(text))
+        if match is None:
+            return None
+        return match.group("yes") is not None
+    except Exception:  # a parser must never take an evaluation down
+        return None
+
+
+def _hour(token: str) -> int | None:
+    value = _HOUR_WORDS.get(token.lower()) or (int(token) if token.isdigit() else None)
+    return value if value is not None and 1 <= value <= 12 else None
+
+
+def parse_clock(text: Any) -> int | None:
+    """Clock hour 1..12 from "3 o'clock", "at 11", "three o'clock" or a bare "3", or None."""
+    try:
+        span = normalise_text(extract_answer(text))
+        for pattern in (_CLOCK, _AT_HOUR, _BARE_HOUR):
+            matches = pattern.findall(span)
+            if matches:
+                return _hour(matches[-1])
+        return None
+    except Exception:  # a parser must never take an evaluation down
+        return None
+
+
+def parse_object_answer(text: Any, kind: str) -> bool | float | int | None:
+    """Parse an answer of a ``kind`` in :data:`KINDS`: bool, metres, or clock hour; None on failure."""
+    if kind == "qualitative":
+        return parse_yes_no(text)
+    if kind == "quantitative":
+        try:
+            return parse_length(extract_answer(text))
+        except Exception:  # a parser must never take an evaluation down
+            return None
+    if kind == "direction":
+        return parse_clock(text)
+    return None
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+def check_gt(kind: str, gt: Any) -> None:
+    """Raise ValueError unless ``gt`` is a bool / positive metres / hour 1..12 for its ``kind``."""
+    if kind == "qualitative" and isinstance(gt, (bool, np.bool_)):
+        return
+    if kind == "quantitative" and (value := as_float(gt)) is not None and value > 0:
+        return
+    if kind == "direction" and (value := as_float(gt)) is not None and value == int(value) and 1 <= value <= 12:
+        return
+    raise ValueError(f"ground truth {gt!r} is not valid for a {kind!r} question")
+
+
+def _valid_pred(kind: str, pred: Any) -> bool | float | int | None:
+    """The prediction if it has the type of its kind, else None (counted as a failure)."""
+    if kind == "qualitative":
+        return bool(pred) if isinstance(pred, (bool, np.bool_)) else None
+    if kind == "quantitative":
+        return as_float(pred)
+    value = as_float(pred)
+    return int(value) if value is not None and value == int(value) and 1 <= value <= 12 else None
+
+
+def clock_difference(h1: int, h2: int) -> int:
+    """Circular distance between two clock hours (12 and 1 differ by 1)."""
+    d = abs(int(h1) - int(h2)) % 12
+    return min(d, 12 - d)
+
+
+def _correct(kind: str, pred: Any, gt: Any) -> bool:
+    if pred is None:
+        return False
+    if kind == "qualitative":
+        return pred == bool(gt)
+    if kind == "quantitative":
+        return 0.75 * gt <= pred <= 1.25 * gt
+    return clock_difference(pred, gt) <= 1
+
+
+def object_metrics(
+    preds: Sequence[bool | float | int | None],
+    gts: Sequence[bool | float | int],
+    kinds: Sequence[str],
+    categories: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Object-level metrics; predictions already parsed (None = failure, counted wrong).
+
+    - ``qualitative_acc``: share of correct yes/no answers;
+    - ``quantitative_success``: share with 0.75·gt <= pred <= 1.25·gt; ``quantitative_abs_rel``:
+      mean |pred - gt| / gt over parsed answers;
+    - ``direction_success``: share within 1 clock hour (circular);
+    - ``categories``: per category (default: the kind) ``kind``, ``n``, ``parsed``, ``score``
+      (the kind's accuracy / success rate) and, for quantitative ones, ``abs_rel``.
+    Each share is NaN when the kind does not occur.
+    """
+    n = len(preds)
+    categories = list(kinds) if categories is None else list(categories)
+    if not (len(gts) == len(kinds) == len(categories) == n):
+        raise ValueError("preds, gts, kinds and categories must have the same length")
+    for kind, gt in zip(kinds, gts):
+        if kind not in KINDS:
+            raise ValueError(f"kind {kind!r} must be one of {KINDS}")
+        check_gt(kind, gt)
+    values = [_valid_pred(k, p) for k, p in zip(kinds, preds)]
+    correct = np.array([_correct(k, v, g) for k, v, g in zip(kinds, values, gts)], dtype=bool)
+    parsed = np.array([v is not None for v in values], dtype=bool)
+    kinds_arr = np.array(kinds, dtype=object)
+
+    def abs_rel(mask: np.ndarray) -> float:
+        return mean_or_nan([abs(values[i] - gts[i]) / gts[i] for i in np.flatnonzero(mask & parsed)])
+
+    out: dict[str, Any] = {"n": n, "parsed": int(parsed.sum())}
+    for kind, key in (("qualitative", "qualitative_acc"), ("quantitative", "quantitative_success"), ("direction", "direction_success")):
+        mask = kinds_arr == kind
+        out[key] = share(correct[mask], int(mask.sum()))
+        if kind == "quantitative":
+            out["quantitative_abs_rel"] = abs_rel(mask)
+    per_category: dict[str, dict[str, Any]] = {}
+    for category in dict.fromkeys(categories):
+        mask = np.array([c == category for c in categories], dtype=bool)
+        category_kinds = set(kinds_arr[mask])
+        if len(category_kinds) > 1:
+            raise ValueError(f"category {category!r} mixes kinds {sorted(category_kinds)}")
+        kind = category_kinds.pop()
+        entry: dict[str, Any] = {
+            "kind": kind,
+            "n": int(mask.sum()),
+            "parsed": int(parsed[mask].sum()),
+            "score": share(correct[mask], int(mask.sum())),
+        }
+        if kind == "quantitative":
+            entry["abs_rel"] = abs_rel(mask)
+        per_category[category] = entry
+    out["categories"] = per_category
+    return out

@@ -1,0 +1,307 @@
+"""Relative camera pose of an image pair, asked as three packed questions.
+
+Conventions follow ``vlm3.geometry.pose``: the labelled pose is ``T_cam2_from_cam1`` (4x4,
+R = R_cam2_from_cam1, t), camera axes X right, Y down, Z forward. Everything is described from
+camera 1's point of view:
+
+- distance (metric datasets only): |c| in metres, c = centre of camera 2 in camera 1 —
+  "Translation distance: 1.98 meters";
+- direction: c / |c|, signed, 2 decimals, with words for components of magnitude >= 0.3 (else
+  for the largest one): x < 0 left / > 0 right, y < 0 up / > 0 down, z > 0 forward / < 0
+  backward — "The camera moves left, forward, unit vector (-0.69, +0.02, +0.72)."; a camera
+  that does not move is "The camera does not move, unit vector (+0.00, +0.00, +0.00).";
+- rotation: orientation of camera 2 in camera 1 (R^T) as intrinsic yaw -> pitch -> roll in
+  degrees, 1 decimal (+yaw = turn right, +pitch = look up) — "Yaw=+89.6°, Pitch=+2.6°, Roll=+6.1°".
+
+Metrics are those of VGGT / Depth-Anything-3 on (R, t) of T_cam2_from_cam1: geodesic rotation
+error, translation direction angle with the sign ambiguity removed, per-pair max, AUC of the
+1-degree cumulative histogram.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vlm3.geometry.pose import (
+    camera2_center_in_cam1,
+    rotation_angle_deg,
+    rotation_to_ypr,
+    t_from_center,
+    ypr_to_rotation,
+)
+from vlm3.tasks.common import (
+    as_float,
+    assistant_turn,
+    extract_answer,
+    format_signed,
+    mean_or_nan,
+    normalise_text,
+    parse_length,
+    share,
+    user_turn,
+)
+
+DISTANCE_QUESTION = "How far did the camera move between the first and the second image? Answer in meters."
+DIRECTION_QUESTION = (
+    "In which direction did the camera move from the first image to the second? Describe it in the first "
+    "camera's frame (X right, Y down, Z forward) and give the unit vector."
+)
+ROTATION_QUESTION = (
+    "How did the camera rotate from the first image to the second? Give yaw (turning right is positive), "
+    "pitch (looking up is positive) and roll in degrees."
+)
+
+AUC_THRESHOLDS: tuple[int, ...] = (30, 15, 5, 3)
+WORD_THRESHOLD = 0.3
+FAILURE_ERROR_DEG = 180.0
+# Below this |c| (in the pose's units) the camera is taken as not moving.
+_STILL = 1e-9
+
+_FLOAT = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+_ANGLE = re.compile(rf"\b(yaw|pitch|roll)\b\s*(?:=|:|is|of)?\s*({_FLOAT})", re.IGNORECASE)
+_TRIPLE = re.compile(rf"\(\s*({_FLOAT})\s*,\s*({_FLOAT})\s*,\s*({_FLOAT})\s*\)")
+_DISTANCE = re.compile(r"distance\b(.*)", re.IGNORECASE)
+
+
+# --- prompts and answers ------------------------------------------------------------------------
+
+
+def pose_questions(metric: bool) -> list[str]:
+    """The questions of one pair, in answer order (distance only for metric-scale data)."""
+    return ([DISTANCE_QUESTION] if metric else []) + [DIRECTION_QUESTION, ROTATION_QUESTION]
+
+
+def pose_prompt(metric: bool) -> str:
+    """The packed user text: the questions numbered, one per line."""
+    return "\n".join(f"{i}. {q}" for i, q in enumerate(pose_questions(metric), start=1))
+
+
+def _check_T(T_cam2_from_cam1: np.ndarray) -> np.ndarray:
+    T = np.asarray(T_cam2_from_cam1, dtype=np.float64)
+    if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+        raise ValueError(f"T_cam2_from_cam1 must be a finite 4x4 matrix, got shape {T.shape}")
+    return T
+
+
+def motion_words(direction: Sequence[float]) -> list[str]:
+    """Qualitative words for a unit direction in camera 1 (X right, Y down, Z forward)."""
+    names = (("left", "right"), ("up", "down"), ("backward", "forward"))
+    d = np.asarray(direction, dtype=np.float64).reshape(3)
+    axes = [i for i in range(3) if abs(d[i]) >= WORD_THRESHOLD] or [int(np.argmax(np.abs(d)))]
+    return [names[i][int(d[i] > 0)] for i in axes]
+
+
+def distance_answer(T_cam2_from_cam1: np.ndarray) -> str:
+    """"Translation distance: 1.98 meters" — distance between the camera centres (metric data)."""
+    c = camera2_center_in_cam1(_check_T(T_cam2_from_cam1))
+    return f"Translation distance: {np.linalg.norm(c):.2f} meters"
+
+
+def direction_answer(T_cam2_from_cam1: np.ndarray) -> str:
+    """"The camera moves left, forward, unit vector (-0.69, +0.02, +0.72)." (camera-1 frame)."""
+    c = camera2_center_in_cam1(_check_T(T_cam2_from_cam1))
+    norm = float(np.linalg.norm(c))
+    if norm < _STILL:
+        return "The camera does not move, unit vector (+0.00, +0.00, +0.00)."
+    unit = [format_signed(v, 2) for v in c / norm]
+    # Words follow the printed (rounded) vector so the sentence agrees with itself.
+    words = motion_words([float(v) for v in unit])
+    return f"The camera moves {', '.join(words)}, unit vector ({', '.join(unit)})."
+
+
+def rotation_answer(T_cam2_from_cam1: np.ndarray) -> str:
+    """"Yaw=+89.6°, Pitch=+2.6°, Roll=+6.1°" — camera 2's orientation in camera 1, degrees."""
+    R = _check_T(T_cam2_from_cam1)[:3, :3]
+    yaw, pitch, roll = rotation_to_ypr(R.T)
+    return f"Yaw={format_signed(yaw, 1)}°, Pitch={format_signed(pitch, 1)}°, Roll={format_signed(roll, 1)}°"
+
+
+def pose_answer(T_cam2_from_cam1: np.ndarray, metric: bool) -> str:
+    """The packed assistant text: one answer per line, in :func:`pose_questions` order."""
+    lines = [distance_answer(T_cam2_from_cam1)] if metric else []
+    lines += [direction_answer(T_cam2_from_cam1), rotation_answer(T_cam2_from_cam1)]
+    return "\n".join(lines)
+
+
+def pose_messages(T_cam2_from_cam1: np.ndarray, metric: bool) -> list[dict]:
+    """Chat messages (HF format): one user turn with both images and the packed questions."""
+    return [user_turn(pose_prompt(metric), n_images=2), assistant_turn(pose_answer(T_cam2_from_cam1, metric))]
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PosePrediction:
+    """A predicted T_cam2_from_cam1: rotation ``R`` (3x3) and translation ``t`` (3,).
+
+    ``distance`` is the predicted distance between camera centres in metres, None when not
+    given; ``t`` then has unit length (only its direction is meaningful).
+    """
+
+    R: np.ndarray
+    t: np.ndarray
+    distance: float | None = None
+
+
+def parse_rotation(text: Any) -> np.ndarray | None:
+    """R_cam2_from_cam1 from "Yaw=…, Pitch=…, Roll=…" (degrees), or None. Never raises."""
+    try:
+        angles: dict[str, float] = {}
+        for name, value in _ANGLE.findall(normalise_text(text)):
+            angles[name.lower()] = float(value)
+        if len(angles) < 3 or not all(math.isfinite(v) for v in angles.values()):
+            return None
+        return ypr_to_rotation(angles["yaw"], angles["pitch"], angles["roll"]).T
+    except Exception:  # a parser must never take an evaluation down
+        return None
+
+
+def parse_direction(text: Any) -> np.ndarray | None:
+    """Unit direction of camera 2's centre in camera 1 from the last ``(x, y, z)``, or None.
+
+    The vector is renormalised; a zero vector (no motion) is returned as zeros.
+    """
+    try:
+        triples = _TRIPLE.findall(normalise_text(text))
+        if not triples:
+            return None
+        v = np.array([float(x) for x in triples[-1]], dtype=np.float64)
+        norm = float(np.linalg.norm(v))
+        if not math.isfinite(norm):
+            return None
+        return v / norm if norm > 0 else np.zeros(3)
+    except Exception:  # a parser must never take an evaluation down
+        return None
+
+
+def parse_distance(text: Any) -> float | None:
+    """Distance in metres from the last line mentioning "distance", or None (also if negative)."""
+    try:
+        lines = [m.group(1) for m in _DISTANCE.finditer(normalise_text(text))]
+        value = parse_length(lines[-1]) if lines else None
+        return value if value is not None and value >= 0 else None
+    except Exception:  # a parser must never take an evaluation down
+        return None
+
+
+def parse_pose(text: Any) -> PosePrediction | None:
+    """A :class:`PosePrediction` from raw answer text (or several texts, one per turn), or None.
+
+    Needs both the rotation and the direction; the distance is optional. The translation is
+    t = -R @ c with c = direction * distance, or the unit direction when no distance is given.
+    """
+    try:
+        texts = [text] if isinstance(text, str) else list(text)
+        span = "\n".join(extract_answer(t) for t in texts)
+        R = parse_rotation(span)
+        direction = parse_direction(span)
+        if R is None or direction is None:
+            return None
+        distance = parse_distance(span)
+        c = direction * (distance if distance is not None else 1.0)
+        return PosePrediction(R=R, t=t_from_center(R, c), distance=distance)
+    except Exception:  # a parser must never take an evaluation down
+        return None
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+def rotation_error_deg(R_pred: np.ndarray, R_gt: np.ndarray) -> float:
+    """Geodesic angle between two rotations, degrees in [0, 180]."""
+    return rotation_angle_deg(R_gt, R_pred)
+
+
+def translation_angle_deg(t_pred: np.ndarray, t_gt: np.ndarray, *, signed: bool = False) -> float:
+    """Angle between two translation directions in degrees.
+
+    Sign-invariant by default (min(a, 180 - a), in [0, 90]) as in VGGT; ``signed=True`` gives
+    the plain angle in [0, 180]. A zero-length vector (gt or pred) has no direction and scores
+    90 degrees either way — what VGGT's eps-normalisation yields.
+    """
+    a = np.asarray(t_pred, dtype=np.float64).reshape(3)
+    b = np.asarray(t_gt, dtype=np.float64).reshape(3)
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if not (na > 0 and nb > 0) or not (math.isfinite(na) and math.isfinite(nb)):
+        return 90.0
+    angle = math.degrees(math.acos(float(np.clip(a @ b / (na * nb), -1.0, 1.0))))
+    return angle if signed else min(angle, 180.0 - angle)
+
+
+def pose_auc(rot_err: np.ndarray, trans_err: np.ndarray, max_threshold: int) -> float:
+    """VGGT's ``calculate_auc_np``: mean cumulative share of max(rot, trans) in 1-degree bins.
+
+    Bins are [0, 1), [1, 2), …, [τ-1, τ]; as with ``np.histogram`` the last bin includes τ, and
+    errors above τ fall outside every bin. NaN for no pairs.
+    """
+    errors = np.maximum(np.asarray(rot_err, dtype=np.float64), np.asarray(trans_err, dtype=np.float64))
+    if errors.size == 0:
+        return float("nan")
+    histogram, _ = np.histogram(errors, bins=np.arange(max_threshold + 1))
+    return float(np.mean(np.cumsum(histogram.astype(np.float64) / errors.size)))
+
+
+def pair_errors(pred: PosePrediction | None, R_gt: np.ndarray, t_gt: np.ndarray) -> tuple[float, float, float]:
+    """(rotation error, sign-invariant translation angle, signed translation angle) in degrees.
+
+    An unparsed pair (None) or a non-finite prediction scores 180 degrees for all three.
+    """
+    if pred is None:
+        return FAILURE_ERROR_DEG, FAILURE_ERROR_DEG, FAILURE_ERROR_DEG
+    R, t = np.asarray(pred.R, dtype=np.float64), np.asarray(pred.t, dtype=np.float64)
+    if R.shape != (3, 3) or t.size != 3 or not (np.all(np.isfinite(R)) and np.all(np.isfinite(t))):
+        return FAILURE_ERROR_DEG, FAILURE_ERROR_DEG, FAILURE_ERROR_DEG
+    return (
+        rotation_error_deg(R, R_gt),
+        translation_angle_deg(t, t_gt),
+        translation_angle_deg(t, t_gt, signed=True),
+    )
+
+
+def pose_metrics(
+    preds: Sequence[PosePrediction | None],
+    R_gt: Sequence[np.ndarray] | np.ndarray,
+    t_gt: Sequence[np.ndarray] | np.ndarray,
+) -> dict[str, float]:
+    """Pose metrics over pairs, all shares in [0, 1] (papers print them x100).
+
+    ``R_gt`` (n, 3, 3) and ``t_gt`` (n, 3) are the labelled T_cam2_from_cam1. Unparsed pairs
+    (None) get 180 degrees for rotation and translation. Keys: ``n``, ``parsed``, ``auc30``,
+    ``auc15``, ``auc5``, ``auc3`` (sign-invariant translation), ``rraτ`` / ``rtaτ`` (share of
+    pairs with error < τ, τ in 30, 15, 5, 3), ``auc30_signed`` (AUC@30 with the signed
+    translation angle), and — when some prediction carries a distance — ``dist_abs_rel``, the
+    mean |d - |t_gt|| / |t_gt| over those predictions (pairs with |t_gt| = 0 left out), and
+    ``dist_parsed``, their count. A zero-length translation (gt or predicted, e.g. "does not
+    move") has no direction and scores 90 degrees, as in VGGT.
+    """
+    R_gt = np.asarray(R_gt, dtype=np.float64).reshape(-1, 3, 3)
+    t_gt = np.asarray(t_gt, dtype=np.float64).reshape(-1, 3)
+    n = len(preds)
+    if R_gt.shape[0] != n or t_gt.shape[0] != n:
+        raise ValueError(f"{n} predictions for {R_gt.shape[0]} rotations and {t_gt.shape[0]} translations")
+    errors = np.array([pair_errors(p, R, t) for p, R, t in zip(preds, R_gt, t_gt)], dtype=np.float64).reshape(-1, 3)
+    rot, trans, trans_signed = errors[:, 0], errors[:, 1], errors[:, 2]
+    out: dict[str, float] = {"n": n, "parsed": sum(p is not None for p in preds)}
+    for tau in AUC_THRESHOLDS:
+        out[f"auc{tau}"] = pose_auc(rot, trans, tau)
+    for tau in AUC_THRESHOLDS:
+        out[f"rra{tau}"] = share(rot < tau, n)
+        out[f"rta{tau}"] = share(trans < tau, n)
+    out["auc30_signed"] = pose_auc(rot, trans_signed, 30)
+    rel = []
+    for pred, t in zip(preds, t_gt):
+        distance = None if pred is None else as_float(pred.distance)
+        gt_distance = float(np.linalg.norm(t))
+        if distance is not None and gt_distance > 0:
+            rel.append(abs(distance - gt_distance) / gt_distance)
+    if any(p is not None and p.distance is not None for p in preds):
+        out["dist_abs_rel"] = mean_or_nan(rel)
+        out["dist_parsed"] = len(rel)
+    return out
