@@ -6,12 +6,13 @@ Labels that leave the image (possible only with ``size_multiple`` cropping) are 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from vlm3.data.records import DepthLabels, Matches, Record
-from vlm3.geometry.unify import FocalTransform, unify_focal
+from vlm3.data.records import DepthLabels, Matches, Record, View
+from vlm3.geometry.unify import FocalTransform, UnifiedImage, resize_exact, unify_focal
 
 
 @dataclass
@@ -37,15 +38,34 @@ def unify_record(
     With ``enabled=False`` the images are left alone (the "no unification" ablation) but the
     record still passes through the same code path, so both arms see identical labels otherwise.
     """
-    if len(images) != len(record.views):
-        raise ValueError(f"record {record.id}: {len(images)} images for {len(record.views)} views")
     if not enabled:
+        _check_count(record, images)
         ident = [FocalTransform(v.K, v.K, None) for v in record.views]
         return UnifiedRecord(record.model_copy(deep=True), list(images), ident)
+    out = transform_record(record, images, lambda img, view: unify_focal(img, view.K, target, dist=view.dist, size_multiple=size_multiple))
+    out.record.meta["unified_focal"] = float(target)
+    return out
 
+
+def resize_record(record: Record, images: list[np.ndarray], width: int, height: int) -> UnifiedRecord:
+    """Resample every view to exactly ``width`` x ``height`` pixels (no unification), moving labels."""
+    for view in record.views:
+        if view.dist is not None and any(view.dist):
+            raise ValueError(f"record {record.id}: resize_record does not undistort; unify instead")
+    return transform_record(record, images, lambda img, view: resize_exact(img, view.K, width, height))
+
+
+def _check_count(record: Record, images: list[np.ndarray]) -> None:
+    if len(images) != len(record.views):
+        raise ValueError(f"record {record.id}: {len(images)} images for {len(record.views)} views")
+
+
+def transform_record(record: Record, images: list[np.ndarray], view_fn: Callable[[np.ndarray, View], UnifiedImage]) -> UnifiedRecord:
+    """Resample each view with ``view_fn(image, view)`` and move every pixel label accordingly."""
+    _check_count(record, images)
     new_views, new_images, transforms = [], [], []
     for view, image in zip(record.views, images):
-        out = unify_focal(image, view.K, target, dist=view.dist, size_multiple=size_multiple)
+        out = view_fn(image, view)
         new_views.append(view.model_copy(update={"intrinsics": out.K.to_list(), "dist": None}))
         new_images.append(np.asarray(out.image))
         transforms.append(out.transform)
@@ -78,7 +98,5 @@ def unify_record(
             box = np.clip(box, 0, [K.width, K.height, K.width, K.height])
             objs.append(obj.model_copy(update={"box2d": tuple(float(v) for v in box)}))
         update["objects"] = objs
-    meta = dict(record.meta)
-    meta["unified_focal"] = float(target)
-    update["meta"] = meta
+    update["meta"] = dict(record.meta)
     return UnifiedRecord(record.model_copy(update=update, deep=True), new_images, transforms, dropped)

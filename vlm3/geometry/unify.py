@@ -150,6 +150,27 @@ def unify_focal(
     return UnifiedImage(out, dst, transform)
 
 
+def resize_exact(image: ImageLike, K: Intrinsics, width: int, height: int, *, antialias: bool = True) -> UnifiedImage:
+    """Resample ``image`` to exactly ``width`` x ``height`` (no focal unification; x and y scale apart).
+
+    The "no unification" arm of the recipe's ablation: every image gets the same pixel size
+    whatever its focal length. Labels still move exactly (u' = u * width / W).
+    """
+    is_pil = isinstance(image, Image.Image)
+    arr = np.asarray(image)
+    h, w = arr.shape[:2]
+    if (w, h) != (K.width, K.height):
+        raise ValueError(f"image is {w}x{h} but intrinsics describe {K.width}x{K.height}")
+    if width < 1 or height < 1:
+        raise ValueError(f"target size must be positive, got {width}x{height}")
+    dst = K.scaled(width / K.width, height / K.height, width=width, height=height)
+    transform = FocalTransform(K, dst, None)
+    out = _resample(arr, transform, antialias=antialias, interpolation="linear")
+    if is_pil:
+        out = Image.fromarray(out)
+    return UnifiedImage(out, dst, transform)
+
+
 def warp_depth(depth: np.ndarray, transform: FocalTransform) -> np.ndarray:
     """Resample a dense depth (or any label) map into the unified image, nearest neighbour.
 
