@@ -29,7 +29,10 @@ def version() -> None:
 # --- commands (one block each; keep blocks independent) -------------------------------------
 
 
-@app.command()
+# --- synth: render synthetic 3D scenes into a dataset (vlm3.data.synth) ----------------------
+
+
+@app.command("synth")
 def synth(
     out: str = typer.Option(..., "--out", help="output dataset folder"),
     family: str = typer.Option("fixed_rig", help="scene family: fixed_rig, random_rig or outdoor"),
@@ -207,6 +210,36 @@ def mixture_command(
         raise typer.Exit(2) from None
     arm = f"policy {cfg.policy}" + (" + overrides" if use_overrides and cfg.overrides else "")
     mixture_table(cfg.sizes, probs, weights=weights, draws=n, title=f"{config} ({arm})")
+
+
+# --- serve: an OpenAI-compatible HTTP server for a checkpoint (vlm3.serve.server) ------------
+
+
+@app.command("serve")
+def serve_command(
+    model: str = typer.Option(..., "--model", help="Checkpoint folder or hub id (served under this name)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes the server to the network."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="VLM3_API_KEY", help="Require 'Authorization: Bearer KEY' (or set VLM3_API_KEY)."
+    ),
+    max_image_pixels: int = typer.Option(4096 * 4096, "--max-image-pixels", min=1, help="Largest image accepted (width x height)."),
+    max_request_bytes: int = typer.Option(64 * 1024 * 1024, "--max-request-bytes", min=1, help="Largest request body accepted."),
+    max_concurrency: int = typer.Option(1, "--max-concurrency", min=1, help="Model batches running at once; others queue."),
+    max_batch_size: int = typer.Option(8, "--max-batch-size", min=1, help="Queued requests answered together in one batch."),
+    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda:0."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16, float16 or auto (default: float32 on CPU, else bfloat16)."),
+) -> None:
+    """Serve a model over OpenAI-compatible chat completions (greedy decoding)."""
+    from vlm3.serve.server import serve
+
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        typer.echo(f"warning: serving on {host} without --api-key; anyone who can reach the port can use the model", err=True)
+    serve(
+        model, host=host, port=port, api_key=api_key, max_image_pixels=max_image_pixels,
+        max_request_bytes=max_request_bytes, max_concurrency=max_concurrency, max_batch_size=max_batch_size,
+        device=device, dtype=dtype,
+    )
 
 
 def main() -> None:

@@ -1,0 +1,439 @@
+"""Data mixtures: per-draw probabilities over datasets and a deterministic, resumable, DDP-aware sampler.
+
+Probabilities
+-------------
+A policy gives every dataset a share (shares sum to 1):
+
+- ``uniform``: equal shares;
+- ``size``: proportional to the dataset's size (records) -- the paper's default;
+- ``size^ALPHA``, e.g. ``size^0.5``: proportional to size ** ALPHA (``size^0`` = uniform, ``size^1`` = size);
+- ``explicit`` (alias ``weights``): no policy share; every dataset needs an explicit weight.
+
+Per-dataset overrides then adjust shares before renormalising: a number (or ``{weight: w}``)
+replaces the dataset's share by ``w``; ``{scale: s}`` multiplies it by ``s`` (down-weight a small,
+easily over-fitted set by hand). Weights may be any non-negative floats; only their ratios matter
+once every dataset has one. The VLM3 depth weights are in ``configs/mixture-paper-depth.yaml``.
+
+Config file (``vlm3 mixture CONFIG.yaml``)::
+
+    policy: size            # uniform | size | size^ALPHA | explicit
+    draws: 32000000         # optional: draws to plan for (default: the sum of sizes)
+    datasets:               # name: size in records (1M, 700K, 1.5B shorthands allowed)
+      hm3d: 9M
+      matterport3d: 190K
+    overrides:              # optional: name: weight, or name: {weight: w} / {scale: s}
+      matterport3d: 0.006
+
+Sampler
+-------
+:class:`MixtureSampler` yields ``(dataset, index)`` pairs forever. Global draw k picks a dataset by
+inverse CDF of a uniform number that depends only on (seed, k); the c-th draw of a dataset of size n
+takes element ``perm_e(c mod n)`` with e = c // n, where ``perm_e`` is a seeded pseudo-random
+permutation of range(n) (a Feistel network, so no index array is stored even for 10M records). So
+every record is visited exactly once per dataset-epoch, never sampled with replacement. With
+``world_size`` ranks, global draw k goes to rank ``k % world_size``: ranks see disjoint draws whose
+union is exactly the single-rank sequence. ``state_dict()`` / ``load_state_dict()`` resume the exact
+sequence (also with another world size, from the same global position).
+
+For Hugging Face (streaming) datasets, :func:`interleave` wraps ``datasets.interleave_datasets``
+with these probabilities.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+POLICIES = "uniform, size, size^ALPHA (e.g. size^0.5), explicit"
+Override = float | Mapping[str, float]
+
+
+class MixtureError(ValueError):
+    """A mixture that cannot be built (bad policy, weight, size or config); the message names the field."""
+
+
+# --- probabilities ---------------------------------------------------------------------------------
+
+
+def parse_policy(policy: str) -> float | None:
+    """The size exponent of a policy (uniform = 0, size = 1, size^a = a), or None for explicit weights."""
+    if not isinstance(policy, str):
+        raise MixtureError(f"policy must be a string ({POLICIES}), got {policy!r}")
+    p = policy.strip().lower().replace(" ", "")
+    if p == "uniform":
+        return 0.0
+    if p == "size":
+        return 1.0
+    if p in ("explicit", "weights"):
+        return None
+    m = re.fullmatch(r"size(?:\^|\*\*)([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)", p)
+    if m:
+        return float(m.group(1))
+    raise MixtureError(f"policy {policy!r} is not one of {POLICIES}")
+
+
+def mixture_weights(
+    sizes: Mapping[str, int], policy: str = "size", overrides: Mapping[str, Override] | None = None
+) -> dict[str, float]:
+    """Unnormalised per-draw weights: policy shares (summing to 1) with the overrides applied."""
+    sizes = _check_sizes(sizes)
+    alpha = parse_policy(policy)
+    parsed = _parse_overrides(overrides or {}, sizes)
+    if alpha is None:
+        missing = [n for n in sizes if parsed.get(n, ("", 0.0))[0] != "weight"]
+        if missing:
+            raise MixtureError(f"policy explicit needs a weight for every dataset; missing: {', '.join(missing)}")
+        base = {n: 0.0 for n in sizes}
+    else:
+        raw = {n: float(s) ** alpha for n, s in sizes.items()}
+        total = sum(raw.values())
+        base = {n: v / total for n, v in raw.items()}
+    out = {}
+    for name, share in base.items():
+        kind, value = parsed.get(name, ("", 0.0))
+        out[name] = value if kind == "weight" else share * value if kind == "scale" else share
+    if not sum(out.values()) > 0:
+        raise MixtureError("all dataset weights are zero: nothing to sample")
+    return out
+
+
+def mixture_probs(
+    sizes: Mapping[str, int], policy: str = "size", overrides: Mapping[str, Override] | None = None
+) -> dict[str, float]:
+    """Per-draw probabilities (sum to 1) of each dataset under ``policy`` and ``overrides``."""
+    return normalize(mixture_weights(sizes, policy, overrides))
+
+
+def normalize(weights: Mapping[str, float]) -> dict[str, float]:
+    """Weights -> probabilities summing to 1 (weights must be finite and >= 0, not all 0)."""
+    for name, w in weights.items():
+        if not (isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0):
+            raise MixtureError(f"weight of {name!r} must be a finite number >= 0, got {w!r}")
+    total = float(sum(weights.values()))
+    if not total > 0:
+        raise MixtureError("all dataset weights are zero: nothing to sample")
+    return {n: float(w) / total for n, w in weights.items()}
+
+
+def _check_sizes(sizes: Mapping[str, int]) -> dict[str, int]:
+    if not isinstance(sizes, Mapping) or not sizes:
+        raise MixtureError("datasets: need at least one dataset with its size")
+    out = {}
+    for name, size in sizes.items():
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise MixtureError(f"size of dataset {name!r} must be a positive integer (records), got {size!r}")
+        out[str(name)] = int(size)
+    return out
+
+
+def _parse_overrides(overrides: Mapping[str, Override], sizes: Mapping[str, int]) -> dict[str, tuple[str, float]]:
+    if not isinstance(overrides, Mapping):
+        raise MixtureError(f"overrides must map dataset names to weights, got {overrides!r}")
+    unknown = [n for n in overrides if n not in sizes]
+    if unknown:
+        raise MixtureError(f"overrides name unknown dataset(s) {', '.join(map(repr, unknown))}; known: {', '.join(sizes)}")
+    out = {}
+    for name, value in overrides.items():
+        where = f"overrides.{name}"
+        if isinstance(value, Mapping):
+            keys = set(value)
+            if len(keys) != 1 or not keys <= {"weight", "scale"}:
+                raise MixtureError(f"{where} must be a number, {{weight: w}} or {{scale: s}}, got {dict(value)!r}")
+            kind = keys.pop()
+            number = value[kind]
+            where += f".{kind}"
+        else:
+            kind, number = "weight", value
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            raise MixtureError(f"{where} must be a finite number, got {number!r}")
+        if number < 0:
+            raise MixtureError(f"{where} = {number} is negative; weights must be >= 0")
+        out[name] = (kind, float(number))
+    return out
+
+
+# --- config files ----------------------------------------------------------------------------------
+
+
+@dataclass
+class MixtureConfig:
+    """A mixture as written in a YAML file (see module doc)."""
+
+    sizes: dict[str, int]
+    policy: str = "size"
+    overrides: dict[str, Override] = field(default_factory=dict)
+    draws: int | None = None  # draws to plan for; None = sum of sizes
+
+    def weights(self, *, use_overrides: bool = True) -> dict[str, float]:
+        return mixture_weights(self.sizes, self.policy, self.overrides if use_overrides else None)
+
+    def probs(self, *, use_overrides: bool = True) -> dict[str, float]:
+        return normalize(self.weights(use_overrides=use_overrides))
+
+
+def parse_size(value: Any, where: str = "size") -> int:
+    """A record count: an integer, or a string with a K/M/B suffix such as ``"700K"`` or ``"1.5M"``."""
+    if isinstance(value, bool):
+        raise MixtureError(f"{where} must be a positive integer, got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        n = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        n = int(value)
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmbKMB]?)\s*", value.replace("_", "").replace(",", ""))
+        if not m:
+            raise MixtureError(f"{where} = {value!r} is not a count like 190000, 700K or 1.5M")
+        n = round(float(m.group(1)) * {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}[m.group(2).lower()])
+    else:
+        raise MixtureError(f"{where} must be a positive integer, got {value!r}")
+    if n < 1:
+        raise MixtureError(f"{where} = {value!r} must be >= 1")
+    return n
+
+
+def load_mixture_config(path: str | Path) -> MixtureConfig:
+    """Read and check a mixture YAML file; errors name the file and the field."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise MixtureError(f"mixture config {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise MixtureError(f"{path}: invalid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise MixtureError(f"{path}: top level must be a mapping with policy, datasets and overrides")
+    known = {"policy", "datasets", "overrides", "draws"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise MixtureError(f"{path}: unknown field(s) {unknown}; known: {sorted(known)}")
+    try:
+        datasets = data.get("datasets")
+        if not isinstance(datasets, dict) or not datasets:
+            raise MixtureError("datasets must map dataset names to sizes (records)")
+        sizes = {str(k): parse_size(v, f"datasets.{k}") for k, v in datasets.items()}
+        overrides = data.get("overrides") or {}
+        if not isinstance(overrides, dict):
+            raise MixtureError(f"overrides must map dataset names to weights, got {overrides!r}")
+        draws = data.get("draws")
+        cfg = MixtureConfig(
+            sizes=sizes,
+            policy=str(data.get("policy", "size")),
+            overrides={str(k): v for k, v in overrides.items()},
+            draws=None if draws is None else parse_size(draws, "draws"),
+        )
+        cfg.weights()  # validate policy and overrides now, with the file name in the message
+    except MixtureError as e:
+        raise MixtureError(f"{path}: {e}") from None
+    return cfg
+
+
+def mixture_table(
+    sizes: Mapping[str, int],
+    probs: Mapping[str, float],
+    *,
+    weights: Mapping[str, float] | None = None,
+    draws: int | None = None,
+    title: str = "data mixture",
+    console: Any = None,
+    show: bool = True,
+):
+    """Print (and return) a rich table: dataset, size, weight, probability, expected draws, passes.
+
+    ``draws`` is the number of draws planned (default: the sum of sizes, i.e. one nominal epoch);
+    "passes" = expected draws / size, how often each record is seen on average.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    draws = int(draws if draws is not None else sum(sizes.values()))
+    table = Table(title=f"{title} ({draws:,} draws)")
+    for col in ("dataset", "size", "weight", "probability", "expected draws", "passes"):
+        table.add_column(col, justify="left" if col == "dataset" else "right")
+    for name in sizes:
+        p = float(probs.get(name, 0.0))
+        w = "" if weights is None else f"{weights[name]:.4g}"
+        table.add_row(name, f"{sizes[name]:,}", w, f"{p:.4f}", f"{p * draws:,.0f}", f"{p * draws / sizes[name]:.2f}")
+    table.add_row("total", f"{sum(sizes.values()):,}", "", f"{sum(probs.values()):.4f}", f"{draws:,}", "", style="bold")
+    if show:
+        (console or Console()).print(table)
+    return table
+
+
+# --- sampler ---------------------------------------------------------------------------------------
+
+_MASK64 = (1 << 64) - 1
+_BLOCK = 4096  # uniforms generated per seeded block
+
+
+def _mix64(x: int) -> int:
+    """splitmix64 finaliser: a fast, well-mixing bijection on 64-bit integers."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _name_key(name: str) -> int:
+    # Python's hash() is salted per process; a digest is the same on every rank and machine.
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+
+
+def permute_index(i: int, n: int, key: int, rounds: int = 6) -> int:
+    """Element at position ``i`` of a pseudo-random permutation of ``range(n)`` chosen by ``key``.
+
+    A balanced Feistel network on the smallest even number of bits covering n, with cycle walking
+    back into [0, n): a bijection on range(n) that needs O(1) memory.
+    """
+    if not 0 <= i < n:
+        raise IndexError(f"position {i} outside range({n})")
+    if n == 1:
+        return 0
+    bits = (n - 1).bit_length()
+    half = (bits + 1) // 2
+    mask = (1 << half) - 1
+    x = i
+    while True:
+        left, right = x >> half, x & mask
+        for r in range(rounds):
+            f = _mix64(((key ^ (r * 0xD1B54A32D192ED03)) + right * 0x9E3779B97F4A7C15) & _MASK64) & mask
+            left, right = right, left ^ f
+        x = (left << half) | right
+        if x < n:
+            return x
+
+
+class MixtureSampler:
+    """Infinite stream of ``(dataset, index)`` draws; deterministic given the seed (see module doc).
+
+    Args:
+        sizes: records per dataset.
+        probs: per-draw probability (or weight; normalised here) of each dataset, same keys.
+        seed: fixes the whole sequence.
+        rank, world_size: this process's share of the draws (global draw k goes to rank k % world_size).
+    """
+
+    def __init__(self, sizes: Mapping[str, int], probs: Mapping[str, float], seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        sizes = _check_sizes(sizes)
+        if set(probs) != set(sizes):
+            raise MixtureError(f"probs and sizes name different datasets: {sorted(set(probs) ^ set(sizes))}")
+        p = normalize(probs)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise MixtureError(f"seed must be a non-negative integer, got {seed!r}")
+        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+            raise MixtureError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+        # A fixed (sorted) order, so the sequence does not depend on the mapping's insertion order.
+        self.names: list[str] = sorted(sizes)
+        self.sizes = np.array([sizes[n] for n in self.names], dtype=np.int64)
+        self.probs = np.array([p[n] for n in self.names], dtype=np.float64)
+        self._cdf = np.cumsum(self.probs)
+        self._cdf[-1] = 1.0
+        self.seed = int(seed)
+        self.rank, self.world_size = rank, world_size
+        self._keys = [_mix64(self.seed ^ _name_key(n)) for n in self.names]
+        self._draw = 0  # global index of the next round (a multiple of world_size after any resume)
+        self._counts = np.zeros(len(self.names), dtype=np.int64)  # draws per dataset before _draw
+        self._blocks: dict[int, np.ndarray] = {}
+
+    def __iter__(self) -> MixtureSampler:
+        return self
+
+    def __next__(self) -> tuple[str, int]:
+        W = self.world_size
+        choice = np.searchsorted(self._cdf, self._uniforms(self._draw, W), side="right")
+        choice = np.minimum(choice, len(self.names) - 1)
+        mine = int(choice[self.rank])
+        # How many draws of the same dataset come earlier in this round (on lower ranks).
+        count = int(self._counts[mine]) + int(np.count_nonzero(choice[: self.rank] == mine))
+        self._counts += np.bincount(choice, minlength=len(self.names))
+        self._draw += W
+        return self.names[mine], self._index(mine, count)
+
+    def _index(self, d: int, count: int) -> int:
+        n = int(self.sizes[d])
+        epoch, pos = divmod(count, n)
+        return permute_index(pos, n, _mix64(self._keys[d] + epoch))
+
+    def _uniforms(self, start: int, n: int) -> np.ndarray:
+        out = np.empty(n)
+        k = start
+        while k < start + n:
+            b, off = divmod(k, _BLOCK)
+            if b not in self._blocks:
+                if len(self._blocks) > 4:
+                    self._blocks.clear()
+                self._blocks[b] = np.random.default_rng([self.seed, 0x6D6978, b]).random(_BLOCK)
+            take = min(_BLOCK - off, start + n - k)
+            out[k - start : k - start + take] = self._blocks[b][off : off + take]
+            k += take
+        return out
+
+    @property
+    def position(self) -> int:
+        """Global draws consumed so far (all ranks)."""
+        return self._draw
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the exact sequence (JSON-serialisable)."""
+        return {
+            "version": 1,
+            "seed": self.seed,
+            "names": list(self.names),
+            "sizes": self.sizes.tolist(),
+            "probs": self.probs.tolist(),
+            "draw": self._draw,
+            "counts": self._counts.tolist(),
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a saved state; the mixture (seed, datasets, sizes, probabilities) must match."""
+        try:
+            names, sizes, probs = list(state["names"]), list(state["sizes"]), list(state["probs"])
+            seed, draw, counts = int(state["seed"]), int(state["draw"]), [int(c) for c in state["counts"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise MixtureError(f"not a MixtureSampler state ({type(e).__name__}: {e})") from None
+        problems = []
+        if seed != self.seed:
+            problems.append(f"seed {seed} != {self.seed}")
+        if names != self.names:
+            problems.append(f"datasets {names} != {self.names}")
+        elif sizes != self.sizes.tolist():
+            problems.append(f"sizes {sizes} != {self.sizes.tolist()}")
+        elif not np.allclose(probs, self.probs, rtol=1e-9, atol=1e-12):
+            problems.append("probabilities differ")
+        if problems:
+            raise MixtureError("state was saved for a different mixture: " + "; ".join(problems))
+        if len(counts) != len(names) or draw < 0 or sum(counts) != draw:
+            raise MixtureError(f"inconsistent sampler state: draw={draw}, counts={counts}")
+        self._draw = draw
+        self._counts = np.array(counts, dtype=np.int64)
+
+
+def interleave(hf_datasets: Mapping[str, Any], probs: Mapping[str, float], seed: int, stopping_strategy: str = "all_exhausted"):
+    """Mix Hugging Face datasets (map-style or streaming) with per-draw probabilities.
+
+    A thin wrapper of ``datasets.interleave_datasets`` (its sampling, not :class:`MixtureSampler`'s:
+    draws are with replacement across exhausted sources under ``all_exhausted``). Datasets with
+    probability 0 are left out (they would never be exhausted).
+    """
+    import datasets
+
+    if set(hf_datasets) != set(probs):
+        raise MixtureError(f"hf_datasets and probs name different datasets: {sorted(set(hf_datasets) ^ set(probs))}")
+    p = normalize(probs)
+    names = [n for n in hf_datasets if p[n] > 0]
+    return datasets.interleave_datasets(
+        [hf_datasets[n] for n in names],
+        probabilities=[p[n] for n in names],
+        seed=seed,
+        stopping_strategy=stopping_strategy,
+    )

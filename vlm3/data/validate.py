@@ -1,0 +1,197 @@
+"""Turning candidate inputs into records or rejections, and checking records against their images.
+
+Adapters build records with :func:`make_record` instead of calling ``Record(...)`` directly: a
+schema violation then becomes a :class:`~vlm3.data.adapters.base.Rejection` with a short reason
+category and the detail, instead of an exception that would stop the whole conversion. Pass
+nested labels (``depth``, ``matches``, ``objects``, ``views``) as plain dicts/lists so that their
+validation happens inside :func:`make_record` too.
+
+:func:`check_images` (and :func:`load_images`, which also returns the decoded pixels) checks a
+record against the files it names. ``vlm3 prepare`` runs it on every record of every adapter, so
+adapters do not need to open images themselves.
+
+Rejection reasons
+-----------------
+A small fixed vocabulary (:data:`REASONS`), so that reports can be compared across datasets and
+runs. Adapters may add dataset-specific reasons (short snake_case words) where none fits.
+A rejection's ``source`` names the input (e.g. ``"ibims1_val.jsonl:17"``); records can carry it
+in ``meta["source"]`` so that image checks done later name the same place.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from pydantic import ValidationError
+
+from vlm3.data.records import Record, check_pixels_inside
+
+if TYPE_CHECKING:
+    from vlm3.data.adapters.base import Rejection
+
+REASONS: dict[str, str] = {
+    # input parsing
+    "bad_json": "the input is not valid JSON, or not a JSON object",
+    "missing_field": "a required field is absent",
+    "bad_field": "a field has the wrong type, shape or value",
+    # schema
+    "bad_intrinsics": "intrinsics are not [fx > 0, fy > 0, finite cx, cy, integer width, height > 0], or bad distortion",
+    "bad_pose": "a camera pose is not a finite rigid 4x4 camera-from-world matrix",
+    "nonfinite_depth": "a depth value is NaN or infinite",
+    "nonpositive_depth": "a depth value is zero or negative",
+    "nonfinite_pixel": "a labelled pixel coordinate is NaN or infinite",
+    "length_mismatch": "label lists that must match in length do not (pixels vs depth, pixels0 vs pixels1)",
+    "bad_object": "an object box has a non-positive size or malformed fields",
+    "invalid_record": "any other violation of the record schema",
+    "no_labels": "the record has nothing to learn from (no depth points, pose pair, matches or objects)",
+    # images (check_images)
+    "missing_image": "the image file named by a view does not exist",
+    "corrupt_image": "the image file cannot be decoded",
+    "image_size_mismatch": "the decoded image size differs from the intrinsics' width x height",
+    "pixel_outside_image": "a labelled pixel lies outside its image",
+}
+
+
+def make_record(source: str, **fields: Any) -> Record | Rejection:
+    """Build a :class:`Record` from keyword fields, or a :class:`Rejection` saying why not.
+
+    ``source`` names the input for the rejection (e.g. ``"file.jsonl:17"``). Besides the schema,
+    labelled pixels must be finite (``nonfinite_pixel``). Image files are not touched here.
+    """
+    try:
+        record = Record(**fields)
+    except ValidationError as e:
+        reason, detail = _classify(e, fields)
+        return _reject(source, reason, detail)
+    bad = _first_nonfinite_pixel(record)
+    if bad is not None:
+        return _reject(source, "nonfinite_pixel", bad)
+    return record
+
+
+def check_images(record: Record, root: str | Path, *, source: str | None = None, decode: bool = True) -> Rejection | None:
+    """Check every view's image file under ``root`` and the labelled pixels; None if all is well.
+
+    Checks, in order: the file exists (``missing_image``), it decodes (``corrupt_image``; with
+    ``decode=False`` only the header is read, which misses truncated files), its size equals the
+    intrinsics' width x height (``image_size_mismatch``), and labelled pixels lie inside their
+    image (``pixel_outside_image``, via ``records.check_pixels_inside``).
+    """
+    out = _inspect(record, Path(root), source, decode=decode, keep=False)
+    return None if isinstance(out, list) else out
+
+
+def load_images(record: Record, root: str | Path, *, source: str | None = None) -> list[np.ndarray] | Rejection:
+    """Decode every view's image (uint8 RGB (H, W, 3) or grey (H, W)) after the :func:`check_images` checks.
+
+    Returns the arrays in view order, or the :class:`Rejection` of the first failed check.
+    """
+    return _inspect(record, Path(root), source, decode=True, keep=True)
+
+
+def image_path(root: str | Path, image: str) -> Path:
+    """Absolute location of a record's image path (relative to the dataset root; a leading "/" is ignored)."""
+    return Path(root) / image.lstrip("/")
+
+
+# --- internals ---------------------------------------------------------------------------------
+
+
+def _reject(source: str, reason: str, detail: str) -> Rejection:
+    # Imported here, not at module level: importing the adapters package imports every adapter,
+    # and adapters import this module, so a top-level import would be circular.
+    from vlm3.data.adapters.base import Rejection
+
+    return Rejection(source, reason, detail)
+
+
+def _inspect(record: Record, root: Path, source: str | None, *, decode: bool, keep: bool) -> list[np.ndarray] | Rejection:
+    src = source or str(record.meta.get("source") or record.id)
+    arrays: list[np.ndarray] = []
+    for i, view in enumerate(record.views):
+        path = image_path(root, view.image)
+        where = f"views[{i}].image = {view.image!r}"
+        if not path.is_file():
+            return _reject(src, "missing_image", f"{where}: no file {path}")
+        try:
+            with Image.open(path) as im:
+                size = im.size
+                if decode:
+                    im.load()  # full decode: catches truncated or garbled data, not only a bad header
+                    if keep:
+                        arrays.append(_to_array(im))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            return _reject(src, "corrupt_image", f"{where}: cannot decode {path.name} ({type(e).__name__}: {e})")
+        K = view.K
+        if size != (K.width, K.height):
+            return _reject(
+                src, "image_size_mismatch", f"{where}: image is {size[0]}x{size[1]} but intrinsics say {K.width}x{K.height}"
+            )
+    problems = check_pixels_inside(record)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        return _reject(src, "pixel_outside_image", problems[0] + more)
+    return arrays
+
+
+def _to_array(im: Image.Image) -> np.ndarray:
+    # Keep 8-bit grey and RGB as they are; everything else (palette, RGBA, CMYK, 16-bit) becomes RGB.
+    if im.mode not in ("RGB", "L"):
+        im = im.convert("RGB")
+    return np.asarray(im)
+
+
+def _first_nonfinite_pixel(record: Record) -> str | None:
+    groups = []
+    if record.depth is not None:
+        groups.append(("depth.pixels", record.depth.pixels))
+    if record.matches is not None:
+        groups += [("matches.pixels0", record.matches.pixels0), ("matches.pixels1", record.matches.pixels1)]
+    for name, pixels in groups:
+        for i, (x, y) in enumerate(pixels):
+            if not (math.isfinite(x) and math.isfinite(y)):
+                return f"{name}[{i}] = ({x}, {y}) is not finite"
+    return None
+
+
+def _classify(err: ValidationError, fields: dict[str, Any]) -> tuple[str, str]:
+    """Map the first pydantic error to a reason category; the detail names the field and value."""
+    first = err.errors()[0]
+    loc = tuple(first["loc"])
+    where = ".".join(str(x) for x in loc) or "record"
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    detail = f"{where}: {msg}"
+    if len(err.errors()) > 1:
+        detail += f" (+{len(err.errors()) - 1} more)"
+    kind = first["type"]
+    top = loc[0] if loc else None
+    if kind == "missing":
+        return "missing_field", detail
+    if top == "views" and len(loc) >= 3 and loc[2] in ("intrinsics", "dist"):
+        return "bad_intrinsics", detail
+    if top == "views" and len(loc) >= 3 and loc[2] == "T_cam_from_world":
+        return "bad_pose", detail
+    if top in ("depth", "matches") and kind == "value_error" and ("values for" in msg or "pixels in view 0 but" in msg):
+        return "length_mismatch", detail
+    if top == "depth" and kind == "value_error" and "finite positive" in msg:
+        return _depth_reason(fields), detail
+    if top == "objects":
+        return "bad_object", detail
+    if kind not in ("value_error", "assertion_error"):
+        return "bad_field", detail  # pydantic's own checks: wrong type, literal, length, unknown field
+    return "invalid_record", detail
+
+
+def _depth_reason(fields: dict[str, Any]) -> str:
+    depth = fields.get("depth")
+    values = depth.get("depth") if isinstance(depth, dict) else getattr(depth, "depth", None)
+    try:
+        if any(not math.isfinite(float(v)) for v in values or []):
+            return "nonfinite_depth"
+    except (TypeError, ValueError):
+        return "bad_field"
+    return "nonpositive_depth"

@@ -1,0 +1,222 @@
+"""Supervised fine-tuning of any Hugging Face VLM with the VLM3 recipe, on TRL's SFTTrainer.
+
+Plain next-token cross-entropy on the answers only (``assistant_only_loss`` for multi-turn packed
+samples, ``completion_only_loss`` for single-turn ones), images first then text, AdamW with a
+cosine schedule. Distributed runs use the stock launchers (``accelerate launch`` / ``torchrun``):
+the Trainer shards the plan across ranks. Re-running the same command resumes from the last
+checkpoint in ``train.output_dir`` with the same data order and schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from vlm3.train.callbacks import LossLogger, PeriodicEval, TimeLimit
+from vlm3.train.config import Config
+from vlm3.train.dataset import LoadedDataset, dataset_probs, load_datasets, training_dataset
+
+console = Console(stderr=True)
+
+VLM3_META = "vlm3.json"  # sample settings saved with every checkpoint (focal, coordinates, answers)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_dir: Path
+    global_step: int
+    train_seconds: float
+    resumed_from: str | None
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def sample_settings(cfg: Config, size_multiple: int) -> dict[str, Any]:
+    """What an evaluator needs to ask a trained model questions the way it was trained."""
+    d = cfg.data
+    return {
+        "task": d.task,
+        "unify": d.unify,
+        "focal": d.focal,
+        "size_multiple": d.size_multiple if d.size_multiple is not None else size_multiple,
+        "resize_to": d.resize_to,
+        "n_coords": d.n_coords,
+        "packing": d.packing,
+        "answer_style": d.answer_style,
+        "depth_type": d.depth_type,
+    }
+
+
+def freeze_vision_tower(model) -> int:
+    """Freeze the vision encoder (and its merger); returns the number of frozen parameters."""
+    frozen = 0
+    for name, module in model.named_modules():
+        if name.split(".")[-1] in ("visual", "vision_tower", "vision_model"):
+            for p in module.parameters():
+                if p.requires_grad:
+                    p.requires_grad_(False)
+                    frozen += p.numel()
+    if frozen == 0:
+        raise ValueError(f"model.freeze_vision: found no vision tower in {type(model).__name__}")
+    return frozen
+
+
+def check_token_budget(processor, examples: list[dict], max_length: int | None, fx: float | None = None) -> dict[str, int]:
+    """Render and process a few examples; clear errors instead of TRL's image-token mismatch.
+
+    Checks that the processor keeps each image's size (otherwise the effective focal changes),
+    that every image gets its image tokens, and that ``max_length`` (if set) does not cut them.
+    """
+    from vlm3.models.processor import resize_report
+
+    longest, image_tokens = 0, 0
+    for k, ex in enumerate(examples):
+        for im in ex["images"]:
+            report = resize_report(im.width, im.height, processor)
+            if report.resized:
+                raise ValueError(
+                    f"training sample {k}: {report.describe(fx)}. Set data.size_multiple to the model's patch "
+                    "multiple or adjust model.min_pixels / model.max_pixels."
+                )
+        messages = ex["messages"] if "messages" in ex else ex["prompt"] + ex["completion"]
+        text = processor.apply_chat_template(messages, tokenize=False)
+        batch = processor(text=[text], images=ex["images"], return_tensors="pt")
+        n = int(batch["input_ids"].shape[1])
+        pad_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        n_img = int((batch["input_ids"] == pad_id).sum())
+        if n_img == 0:
+            raise ValueError(f"training sample {k}: no image tokens after processing; check the chat template")
+        longest, image_tokens = max(longest, n), max(image_tokens, n_img)
+        if max_length is not None and n > max_length:
+            raise ValueError(
+                f"training sample {k} needs {n} tokens ({n_img} image tokens) but train.max_length = {max_length}; "
+                "raise train.max_length, pack fewer points (data.points_per_sample) or lower model.max_pixels"
+            )
+    return {"longest_tokens": longest, "max_image_tokens": image_tokens}
+
+
+def train(
+    cfg: Config,
+    *,
+    resume: bool = True,
+    eval_fn: Callable[[Any, Any, int, float], dict] | None = None,
+    quiet: bool = False,
+) -> TrainResult:
+    """Run SFT as configured. ``eval_fn(model, processor, step, train_seconds)`` runs every
+    ``train.eval_every_minutes`` of training time (the timer pauses during evaluation)."""
+    import torch
+    from peft import LoraConfig
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig, SFTTrainer
+
+    from vlm3.data.mixture import mixture_table
+    from vlm3.models.hf import load_model_and_processor, patch_multiple
+    from vlm3.tasks.samples import SampleOptions
+
+    t, m = cfg.train, cfg.model
+    torch.manual_seed(t.seed)
+    out = Path(t.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+
+    model, processor = load_model_and_processor(
+        m.name_or_path, dtype=m.dtype, min_pixels=m.min_pixels, max_pixels=m.max_pixels, attn_implementation=m.attn_implementation
+    )
+    multiple = patch_multiple(model)
+    opts = SampleOptions.from_data_config(cfg.data, size_multiple=multiple)
+    datasets: list[LoadedDataset] = load_datasets(cfg.data.datasets, cfg.data.task)
+    probs = dataset_probs(datasets, cfg.data.mixture)
+    n_rows = t.max_steps * t.per_device_batch_size * t.gradient_accumulation_steps * world_size()
+    if is_main and not quiet:
+        mixture_table({d.name: len(d.records) for d in datasets}, probs, draws=n_rows, title="training mixture", console=console)
+
+    train_ds = training_dataset(datasets, probs, opts, n_rows, cfg.data.seed)
+    budget = check_token_budget(processor, [train_ds[i] for i in range(min(4, n_rows))], t.max_length, cfg.data.focal)
+    if is_main and not quiet:
+        console.print(f"[dim]samples: up to {budget['longest_tokens']} tokens, {budget['max_image_tokens']} image tokens per image[/dim]")
+
+    if m.freeze_vision:
+        freeze_vision_tower(model)
+    peft_config = None
+    if m.lora:
+        peft_config = LoraConfig(r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout, target_modules=m.lora_target_modules, task_type="CAUSAL_LM")
+
+    multi_turn = "messages" in train_ds[0]
+    use_cpu = not torch.cuda.is_available()
+    args = SFTConfig(
+        output_dir=str(out),
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of max_steps
+        lr_scheduler_type=t.lr_scheduler_type,
+        max_grad_norm=t.max_grad_norm,
+        bf16=t.bf16,
+        gradient_checkpointing=t.gradient_checkpointing,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        logging_steps=t.logging_steps,
+        report_to=t.report_to,
+        seed=t.seed,
+        data_seed=t.seed,
+        dataloader_num_workers=t.dataloader_num_workers,
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        max_length=t.max_length,
+        assistant_only_loss=multi_turn,
+        completion_only_loss=None if multi_turn else True,
+        fsdp=t.fsdp,
+        use_cpu=use_cpu,
+        ddp_backend="gloo" if use_cpu and world_size() > 1 else None,
+        disable_tqdm=quiet,
+        log_level="warning",
+    )
+    settings = sample_settings(cfg, multiple)
+    callbacks = [LossLogger(out, is_main), TimeLimit(t.max_minutes, settings, cfg.to_dict())]
+    if eval_fn is not None and t.eval_every_minutes:
+        callbacks.append(PeriodicEval(eval_fn, processor, t.eval_every_minutes))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=processor, peft_config=peft_config, callbacks=callbacks)
+
+    last = get_last_checkpoint(str(out)) if resume and any(out.glob("checkpoint-*")) else None
+    if last and is_main and not quiet:
+        console.print(f"[yellow]resuming from {last}[/yellow]")
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last)
+    seconds = time.perf_counter() - start
+
+    final = out / "final"
+    if is_main:
+        trainer.save_model(str(final))
+        processor.save_pretrained(str(final))
+        write_meta(final, settings, cfg.to_dict())
+    if eval_fn is not None and t.eval_every_minutes:
+        callbacks[-1].final(trainer.model, trainer.state.global_step)
+    return TrainResult(out, final, trainer.state.global_step, seconds, last)
+
+
+def write_meta(folder: str | Path, settings: dict[str, Any], config: dict[str, Any]) -> None:
+    """Save the sample settings (``vlm3.json``) and the full config (``vlm3_config.yaml``) in ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / VLM3_META).write_text(json.dumps(settings, indent=2) + "\n")
+    (folder / "vlm3_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def read_meta(folder: str | Path) -> dict[str, Any] | None:
+    """The sample settings saved with a checkpoint, or None for a model not trained by vlm3."""
+    path = Path(folder) / VLM3_META
+    return json.loads(path.read_text()) if path.is_file() else None
