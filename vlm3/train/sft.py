@@ -21,8 +21,8 @@ import yaml
 from rich.console import Console
 
 from vlm3.train.callbacks import LossLogger, PeriodicEval, TimeLimit
-from vlm3.train.config import Config
-from vlm3.train.dataset import LoadedDataset, dataset_probs, load_datasets, training_dataset
+from vlm3.train.config import Config, ConfigError
+from vlm3.train.dataset import LoadedDataset, SampleBuilder, dataset_probs, load_datasets, training_dataset
 
 console = Console(stderr=True)
 
@@ -106,6 +106,52 @@ def check_token_budget(processor, examples: list[dict], max_length: int | None, 
     return {"longest_tokens": longest, "max_image_tokens": image_tokens}
 
 
+class LengthGuard:
+    """Wraps TRL's collator so that no sample is ever truncated to ``train.max_length``.
+
+    Truncating a VLM sample either cuts image tokens (the model then fails with an image-token
+    mismatch) or silently drops answers, so a batch with a longer sample is an error naming
+    ``train.max_length`` instead.
+    """
+
+    def __init__(self, collator, max_length: int) -> None:
+        self.collator = collator
+        self.max_length = max_length
+        if hasattr(collator, "max_length"):
+            collator.max_length = None  # measure the full length; never truncate
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = self.collator(examples)
+        lengths = batch["attention_mask"].sum(dim=1)
+        longest = int(lengths.max())
+        if longest > self.max_length:
+            raise ConfigError(
+                f"a training sample needs {longest} tokens but train.max_length = {self.max_length}; "
+                "raise train.max_length, pack fewer points (data.points_per_sample) or lower model.max_pixels"
+            )
+        return batch
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest complete ``checkpoint-N`` folder in ``output_dir``, or None.
+
+    A run killed while saving leaves a folder without ``trainer_state.json`` (the Trainer writes it
+    last); such folders are skipped, so re-running resumes from the previous complete checkpoint.
+    """
+    found = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        if path.is_dir() and step.isdigit():
+            found.append((int(step), path))
+    for _, path in sorted(found, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())["global_step"]
+        except (OSError, ValueError, KeyError):
+            continue
+        return str(path)
+    return None
+
+
 def train(
     cfg: Config,
     *,
@@ -114,10 +160,14 @@ def train(
     quiet: bool = False,
 ) -> TrainResult:
     """Run SFT as configured. ``eval_fn(model, processor, step, train_seconds)`` runs every
-    ``train.eval_every_minutes`` of training time (the timer pauses during evaluation)."""
+    ``train.eval_every_minutes`` of training time (the timer pauses during evaluation).
+
+    Problems with the config's model, data or token budget raise :class:`ConfigError` (a
+    ``ValueError``) with a message naming the field; ``resume`` continues from the newest complete
+    checkpoint in ``train.output_dir``.
+    """
     import torch
     from peft import LoraConfig
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer
 
     from vlm3.data.mixture import mixture_table
@@ -130,19 +180,34 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     is_main = int(os.environ.get("RANK", "0")) == 0
 
-    model, processor = load_model_and_processor(
-        m.name_or_path, dtype=m.dtype, min_pixels=m.min_pixels, max_pixels=m.max_pixels, attn_implementation=m.attn_implementation
-    )
+    # Data first: reading labels is cheap, so a wrong path fails before the model is loaded.
+    try:
+        datasets: list[LoadedDataset] = load_datasets(cfg.data.datasets, cfg.data.task)
+        probs = dataset_probs(datasets, cfg.data.mixture)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"data: {e}") from e
+    try:
+        model, processor = load_model_and_processor(
+            m.name_or_path, dtype=m.dtype, min_pixels=m.min_pixels, max_pixels=m.max_pixels, attn_implementation=m.attn_implementation
+        )
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.name_or_path: {e}") from e
     multiple = patch_multiple(model)
     opts = SampleOptions.from_data_config(cfg.data, size_multiple=multiple)
-    datasets: list[LoadedDataset] = load_datasets(cfg.data.datasets, cfg.data.task)
-    probs = dataset_probs(datasets, cfg.data.mixture)
     n_rows = t.max_steps * t.per_device_batch_size * t.gradient_accumulation_steps * world_size()
     if is_main and not quiet:
         mixture_table({d.name: len(d.records) for d in datasets}, probs, draws=n_rows, title="training mixture", console=console)
 
     train_ds = training_dataset(datasets, probs, opts, n_rows, cfg.data.seed)
-    budget = check_token_budget(processor, [train_ds[i] for i in range(min(4, n_rows))], t.max_length, cfg.data.focal)
+    # Checked on samples built outside the dataset's transform, so the optional row log
+    # (VLM3_LOG_ROWS) records only rows the trainer asked for.
+    preview = SampleBuilder(datasets, opts, cfg.data.seed)
+    rows = train_ds.with_format(None)[: min(4, n_rows)]
+    examples = [preview.example(d, i, g) for d, i, g in zip(rows["dataset"], rows["index"], rows["draw"])]
+    try:
+        budget = check_token_budget(processor, examples, t.max_length, cfg.data.focal)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if is_main and not quiet:
         console.print(f"[dim]samples: up to {budget['longest_tokens']} tokens, {budget['max_image_tokens']} image tokens per image[/dim]")
 
@@ -152,7 +217,7 @@ def train(
     if m.lora:
         peft_config = LoraConfig(r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout, target_modules=m.lora_target_modules, task_type="CAUSAL_LM")
 
-    multi_turn = "messages" in train_ds[0]
+    multi_turn = "messages" in examples[0]
     use_cpu = not torch.cuda.is_available()
     args = SFTConfig(
         output_dir=str(out),
@@ -165,7 +230,9 @@ def train(
         lr_scheduler_type=t.lr_scheduler_type,
         max_grad_norm=t.max_grad_norm,
         bf16=t.bf16,
-        gradient_checkpointing=t.gradient_checkpointing,
+        # The current name of gradient checkpointing (the old one is a deprecated alias whose
+        # TRL default is True).
+        activation_checkpointing=t.gradient_checkpointing,
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
@@ -190,8 +257,10 @@ def train(
     if eval_fn is not None and t.eval_every_minutes:
         callbacks.append(PeriodicEval(eval_fn, processor, t.eval_every_minutes))
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=processor, peft_config=peft_config, callbacks=callbacks)
+    if t.max_length is not None:
+        trainer.data_collator = LengthGuard(trainer.data_collator, t.max_length)
 
-    last = get_last_checkpoint(str(out)) if resume and any(out.glob("checkpoint-*")) else None
+    last = last_checkpoint(out) if resume else None
     if last and is_main and not quiet:
         console.print(f"[yellow]resuming from {last}[/yellow]")
     start = time.perf_counter()
@@ -199,12 +268,15 @@ def train(
     seconds = time.perf_counter() - start
 
     final = out / "final"
+    # Every rank takes part: under FSDP saving gathers the sharded weights; the Trainer writes
+    # the files on the main process only.
+    trainer.save_model(str(final))
     if is_main:
-        trainer.save_model(str(final))
         processor.save_pretrained(str(final))
         write_meta(final, settings, cfg.to_dict())
     if eval_fn is not None and t.eval_every_minutes:
         callbacks[-1].final(trainer.model, trainer.state.global_step)
+    trainer.accelerator.wait_for_everyone()  # final/ is complete when any rank returns
     return TrainResult(out, final, trainer.state.global_step, seconds, last)
 
 

@@ -232,11 +232,33 @@ class OutdoorFamily(SceneFamily):
         return ("n_buildings", "n_cars", "n_poles")
 
 
+# The rig families share a wide room with a few small objects, so that floor, back wall and
+# ceiling dominate the view: there, depth follows from the queried row and the field of view,
+# which is what a tiny model can learn on a CPU in minutes (and what the content-free lookups in
+# vlm3.eval.baselines measure). "cluttered" keeps the crowded room for harder data.
+_SPARSE_ROOM = dict(
+    room_width=(12.0, 16.0),
+    n_boxes=(1, 2),
+    n_spheres=(0, 1),
+    n_cylinders=(0, 0),
+    box_footprint=(0.3, 0.8),
+    box_height=(0.3, 0.8),
+    sphere_radius=(0.15, 0.35),
+)
+
 FAMILIES: dict[str, SceneFamily] = {
     # Fixed camera rig: only the room content, the focal length and the objects vary.
-    "fixed_rig": IndoorFamily(name="fixed_rig"),
+    "fixed_rig": IndoorFamily(name="fixed_rig", **_SPARSE_ROOM),
     "random_rig": IndoorFamily(
         name="random_rig",
+        camera_height=(1.0, 1.8),
+        pitch_deg=(-25.0, 5.0),
+        yaw_deg=(-20.0, 20.0),
+        back_wall=(4.0, 9.0),
+        **_SPARSE_ROOM,
+    ),
+    "cluttered": IndoorFamily(
+        name="cluttered",
         camera_height=(1.0, 1.8),
         pitch_deg=(-25.0, 5.0),
         yaw_deg=(-20.0, 20.0),

@@ -1,0 +1,122 @@
+"""Held-out depth evaluation of an in-memory model, and learning curves over training time.
+
+Used by ``benchmarks/learn_depth.py`` and ``vlm3 demo``: train one arm of an experiment while
+scoring it every few minutes on unseen scenes, with the content-free lookups beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlm3.data.io import image_root, read_records
+from vlm3.eval.baselines import DepthItem, DepthLookups
+from vlm3.tasks.depth import depth_metrics, parse_depth
+from vlm3.tasks.samples import Sample, SampleOptions, build_sample, load_images
+
+
+@dataclass
+class HeldOut:
+    """Depth samples (all labelled points as queries) of unseen scenes under one arm's options."""
+
+    samples: list[Sample]
+    opts: SampleOptions
+
+    @property
+    def items(self) -> list[DepthItem]:
+        return [
+            DepthItem(q.meta["coords"][0], q.meta["coords"][1], s.images[0].width, s.images[0].height, float(q.gt))
+            for s in self.samples
+            for q in s.queries
+        ]
+
+    @property
+    def gt(self) -> list[float]:
+        return [float(q.gt) for s in self.samples for q in s.queries]
+
+
+def build_heldout(data_dir: str | Path, opts: SampleOptions, max_points: int | None = None, limit: int | None = None) -> HeldOut:
+    """Every record of a prepared dataset as an evaluation sample (first ``max_points`` points each)."""
+    root = image_root(data_dir)
+    samples = []
+    for i, rec in enumerate(read_records(data_dir)):
+        if limit is not None and i >= limit:
+            break
+        if "depth" not in rec.tasks():
+            continue
+        s = build_sample(rec, load_images(rec, root), opts, all_points=True)
+        if max_points is not None:
+            s.queries = s.queries[:max_points]
+        samples.append(s)
+    if not samples:
+        raise ValueError(f"{data_dir}: no depth records to evaluate")
+    return HeldOut(samples, opts)
+
+
+def training_items(data_dir: str | Path, opts: SampleOptions, limit: int | None = None) -> list[DepthItem]:
+    """The training labels as lookups see them (all points of every record under ``opts``)."""
+    return build_heldout(data_dir, opts, limit=limit).items
+
+
+def evaluate_depth(backend: Any, heldout: HeldOut, max_new_tokens: int = 12) -> dict[str, Any]:
+    """Ask every held-out question (one at a time, prefix-cached per image) and score it."""
+    preds: list[float | None] = []
+    raw: list[str] = []
+    for s in heldout.samples:
+        answers = backend.query_many(s.images, [q.question for q in s.queries], max_new_tokens=max_new_tokens)
+        raw += answers
+        preds += [parse_depth(a) for a in answers]
+    metrics = depth_metrics(preds, heldout.gt)
+    return {"metrics": metrics, "preds": preds, "raw": raw}
+
+
+def lookup_metrics(lookups: DepthLookups, heldout: HeldOut) -> dict[str, dict[str, float]]:
+    """Metrics of each content-free lookup on the held-out questions."""
+    items = heldout.items
+    gt = [it.depth for it in items]
+    return {name: depth_metrics(p, gt) for name, p in lookups.predict_all(items).items()}
+
+
+@dataclass
+class Curve:
+    """Held-out metrics of one training run at several training times."""
+
+    name: str
+    points: list[dict[str, Any]] = field(default_factory=list)  # step, train_seconds, delta1, abs_rel, parsed...
+
+    def at_minutes(self, minutes: float) -> dict[str, Any] | None:
+        """The last point at or before ``minutes`` of training (None if none yet)."""
+        done = [p for p in self.points if p["train_seconds"] <= minutes * 60 + 1e-6]
+        return done[-1] if done else None
+
+
+def make_eval_fn(heldout: HeldOut, curve: Curve, batch_size: int = 64, log: Any = None):
+    """An ``eval_fn`` for :func:`vlm3.train.sft.train` that appends held-out δ1 to ``curve``."""
+    from vlm3.models.local import LocalBackend
+
+    def fn(model, processor, step: int, train_seconds: float) -> dict[str, Any]:
+        backend = LocalBackend(model, processor, batch_size=batch_size)
+        out = evaluate_depth(backend, heldout)
+        m = out["metrics"]
+        point = {"step": step, "train_seconds": round(train_seconds, 1), "delta1": m["delta1"], "abs_rel": m["abs_rel"], "parsed": m["parsed"], "n": m["n"]}
+        curve.points.append(point)
+        if log is not None:
+            log(f"{curve.name}: step {step}, {train_seconds / 60:.1f} min: delta1 {m['delta1']:.3f}, AbsRel {m['abs_rel']:.3f}, parsed {m['parsed']}/{m['n']}")
+        return point
+
+    return fn
+
+
+def summary_rows(curves: Sequence[Curve], minutes: Sequence[float]) -> list[list[str]]:
+    """Rows ``[name, δ1 at each minute mark]`` for a table."""
+    rows = []
+    for c in curves:
+        row = [c.name]
+        for mk in minutes:
+            p = c.at_minutes(mk)
+            row.append("–" if p is None else f"{p['delta1']:.2f}")
+        rows.append(row)
+    return rows
+
