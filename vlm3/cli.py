@@ -242,6 +242,121 @@ def serve_command(
     )
 
 
+# --- train: supervised fine-tuning with the VLM3 recipe (vlm3.train) -------------------------
+
+
+@app.command("train")
+def train_command(
+    config: str = typer.Argument(..., help="Training config YAML (sections model, data, train), e.g. configs/tiny-cpu.yaml."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field, section.field=value (repeatable), e.g. train.max_steps=100."),
+    resume: bool = typer.Option(
+        True, "--resume/--no-resume", help="Continue from the newest complete checkpoint in train.output_dir (default)."
+    ),
+) -> None:
+    """Fine-tune a VLM on prepared data. Re-run the same command to resume after an interruption.
+
+    Distributed: launch this command unchanged with `torchrun --nproc_per_node N -m vlm3.cli train ...`
+    or `accelerate launch [--config_file configs/accelerate/fsdp-hybrid.yaml] -m vlm3.cli train ...`.
+    """
+    import os
+    from pathlib import Path
+
+    from vlm3.train.config import ConfigError, load_config
+
+    def fail(message: str) -> typer.Exit:
+        typer.echo(f"error: {message}", err=True)
+        return typer.Exit(2)
+
+    try:
+        cfg = load_config(config, set_)
+    except ConfigError as e:
+        raise fail(str(e)) from None
+    out = Path(cfg.train.output_dir)
+    if not resume and any(p.is_dir() for p in out.glob("checkpoint-*")):
+        # Mixing a new run's checkpoints with an old run's would make a later resume pick the wrong one.
+        raise fail(
+            f"--no-resume: {out} already holds checkpoints of an earlier run; "
+            "set another train.output_dir (--set train.output_dir=...) or remove them"
+        )
+
+    from vlm3.train.sft import train
+
+    try:
+        result = train(cfg, resume=resume)
+    except ConfigError as e:
+        raise fail(str(e)) from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        resumed = f", resumed from {result.resumed_from}" if result.resumed_from else ""
+        typer.echo(f"trained {result.global_step} steps in {result.train_seconds:.0f} s{resumed}")
+        typer.echo(f"final model: {result.final_dir.resolve()}")
+
+
+# --- eval: run a model on a bench, save predictions, write metrics and a report (vlm3.eval) ---
+
+
+@app.command("eval")
+def eval_command(
+    model: str = typer.Option(..., "--model", help="Checkpoint folder / hub id, http://host:port (OpenAI-compatible) or vllm:PATH."),
+    bench: str = typer.Option(..., "--bench", help="Bench config YAML, or a name in configs/bench (e.g. ibims1)."),
+    out: str = typer.Option(..., "--out", help="Output folder: predictions.jsonl, metrics.json, report.md, plots/."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Local: questions per forward batch; HTTP: requests in flight."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate the first N records of the bench's sample list."),
+    limit_points: int | None = typer.Option(None, "--limit-points", min=1, help="Ask the first N listed labels of each record."),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="Answer length cap (default: bench, else per task)."),
+    meta: str | None = typer.Option(None, "--meta", help="Read sample settings from this checkpoint folder / vlm3.json (e.g. for HTTP models)."),
+    cache: str | None = typer.Option(None, "--cache", help="Where bench data is prepared (default: .vlm3-bench-cache next to --out)."),
+    device: str = typer.Option("cpu", "--device", help="torch device of a local model."),
+    dtype: str | None = typer.Option(None, "--dtype", help="Local model dtype: float32, bfloat16, float16 or auto."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Discard predictions already in --out instead of resuming."),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Skip the figures."),
+) -> None:
+    """Evaluate a model on a bench; resumable (re-run the same command to continue)."""
+    from rich.console import Console
+
+    from vlm3.eval.bench import BenchError
+    from vlm3.eval.report import HEADLINE
+    from vlm3.eval.run import EvalError, run_eval
+
+    err = Console(stderr=True)
+    try:
+        result = run_eval(
+            model, bench, out, batch_size=batch_size, limit=limit, limit_points=limit_points, max_new_tokens=max_new_tokens,
+            meta=meta, cache_dir=cache, overwrite=overwrite, device=device, dtype=dtype, plots=not no_plots,
+        )
+    except KeyboardInterrupt:
+        err.print(f"interrupted: answers so far are kept in {out}/predictions.jsonl; re-run the same command to continue", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    except (BenchError, EvalError, FileNotFoundError, OSError) as e:
+        err.print(f"Error: {e}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    m = result.metrics["metrics"]
+    key = HEADLINE[result.metrics["task"]]
+    value = m.get(key)
+    shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+    typer.echo(f"{result.metrics['bench']['name']}: {key} = {shown} (n={m.get('n')}, parsed={m.get('parsed')}, failed={m.get('failed')}); "
+               f"{result.n_queries - result.n_cached} asked, {result.n_cached} reused; report: {result.out / 'report.md'}")
+
+
+# --- demo: the whole recipe on a CPU in minutes (vlm3.demo) ----------------------------------
+
+
+@app.command("demo")
+def demo_command(
+    out: str = typer.Option("demo_out", "--out", help="Folder for data, runs and the report."),
+    quick: bool = typer.Option(False, "--quick", help="About two minutes: a smoke test of every stage, not of accuracy."),
+    seed: int = typer.Option(0, "--seed", help="Fixes data, training and evaluation (re-runs reproduce the numbers)."),
+    model: str | None = typer.Option(None, "--model", help="A pretrained VLM (folder or hub id) instead of a tiny random one; wants a GPU."),
+) -> None:
+    """Train and evaluate tiny VLMs with and without the recipe; write OUT/report.md and report.html."""
+    from pathlib import Path
+
+    from vlm3.demo.run import DemoConfig, run_demo
+
+    cfg = DemoConfig.quick(out=Path(out), seed=seed, model=model) if quick else DemoConfig(out=Path(out), seed=seed, model=model)
+    run_demo(cfg)
+    typer.echo(f"report: {Path(out) / 'report.md'} and {Path(out) / 'report.html'}")
+
+
 def main() -> None:
     app()
 

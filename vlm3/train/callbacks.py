@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,18 @@ class LossLogger(TrainerCallback):
         self.path = Path(output_dir) / "loss.csv"
         self.enabled = enabled
         self._start = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A resumed run repeats the steps after its checkpoint, and a fresh run in an old folder
+        # starts at 0: keep only the rows up to where this run starts, so no step appears twice.
+        if not self.enabled or not self.path.exists():
+            return
+        with open(self.path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= state.global_step]
+        with open(self.path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not self.enabled or not logs or "loss" not in logs:
@@ -84,16 +97,36 @@ class TimeLimit(TrainerCallback):
             write_meta(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.settings, self.config)
 
 
+class RowLog(TrainerCallback):
+    """Starts the optional row audit (``VLM3_LOG_ROWS=DIR``, see :mod:`vlm3.train.dataset`) when training starts.
+
+    Rows built before that (TRL's format check, the token-budget check) are not logged, so the
+    log holds exactly the rows the data loader produced for training.
+    """
+
+    def __init__(self, builder: Any) -> None:
+        self.builder = builder
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from vlm3.train.dataset import LOG_ROWS_ENV
+
+        self.builder.log_dir = os.environ.get(LOG_ROWS_ENV) or None
+
+
 class PeriodicEval(TrainerCallback):
-    """Calls ``fn(model, processor, step, train_seconds)`` every ``every_minutes`` of training time.
+    """Calls ``fn(model, processor, step, train_seconds)`` every ``every_minutes`` of training time
+    or every ``every_steps`` optimizer steps (steps are reproducible; minutes depend on the machine).
 
     The evaluation's own time is not counted as training time, so curves over wall-clock compare
     runs fairly whatever their evaluation cost.
     """
 
-    def __init__(self, fn: Callable[[Any, Any, int, float], dict], processor, every_minutes: float) -> None:
+    def __init__(self, fn: Callable[[Any, Any, int, float], dict], processor, every_minutes: float | None = None, every_steps: int | None = None) -> None:
+        if (every_minutes is None) == (every_steps is None):
+            raise ValueError("PeriodicEval needs exactly one of every_minutes and every_steps")
         self.fn, self.processor = fn, processor
-        self.every = 60.0 * every_minutes
+        self.every = None if every_minutes is None else 60.0 * every_minutes
+        self.every_steps = every_steps
         self.train_seconds = 0.0
         self._last: float | None = None
         self._next = self.every
@@ -104,7 +137,10 @@ class PeriodicEval(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self.train_seconds += time.perf_counter() - self._last
-        if self.train_seconds >= self._next:
+        if self.every_steps is not None:
+            if state.global_step % self.every_steps == 0:
+                self._run(model, state.global_step)
+        elif self.train_seconds >= self._next:
             self._run(model, state.global_step)
             self._next += self.every
 

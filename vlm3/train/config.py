@@ -83,7 +83,8 @@ class TrainConfig:
     save_steps: int = 500
     save_total_limit: int | None = 2
     logging_steps: int = 10
-    eval_every_minutes: float | None = None  # periodic held-out evaluation (benchmarks)
+    eval_every_minutes: float | None = None  # periodic held-out evaluation by training time (benchmarks)
+    eval_every_steps: int | None = None  # ... or by optimizer steps (reproducible)
     max_length: int | None = None
     dataloader_num_workers: int = 0
     report_to: list[str] | str = "none"

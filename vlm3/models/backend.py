@@ -1,0 +1,168 @@
+"""One inference interface for evaluation and prediction, whatever runs the model.
+
+A request is a chat in Hugging Face message format plus the PIL images its ``{"type": "image"}``
+parts refer to, in order::
+
+    ChatRequest(
+        messages=[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How far ...?"}]}],
+        images=[image],
+    )
+
+vlm3 always puts the images first and the text last in a user turn (see :func:`user_message`).
+Decoding is greedy everywhere. Backends:
+
+- :class:`vlm3.models.local.LocalBackend`: transformers in this process; ``query_many`` encodes the
+  image(s) and the shared prompt prefix once and reuses its KV cache for every question.
+- :class:`vlm3.models.openai_http.OpenAIBackend`: any OpenAI-compatible chat-completions server
+  (``vllm serve``, SGLang, ``vlm3 serve``).
+- :class:`vlm3.models.vllm_backend.VLLMBackend`: vLLM's offline engine with prefix caching.
+
+:func:`make_backend` picks one from a string.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+Message = dict[str, Any]
+
+
+@dataclass
+class ChatRequest:
+    """A chat (HF message format) and the images its ``{"type": "image"}`` parts refer to, in order."""
+
+    messages: list[Message]
+    images: list["Image"] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        validate_messages(self.messages, len(self.images))
+
+
+def user_message(n_images: int, text: str) -> Message:
+    """A user turn with ``n_images`` image placeholders first, then ``text``."""
+    return {"role": "user", "content": [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": text}]}
+
+
+def single_turn(images: Sequence["Image"], question: str, system: str | None = None) -> ChatRequest:
+    """The request for one question about ``images``: ``[system?, user: images + question]``."""
+    messages: list[Message] = []
+    if system is not None:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
+    messages.append(user_message(len(images), question))
+    return ChatRequest(messages, list(images))
+
+
+def validate_messages(messages: Sequence[Message], n_images: int) -> None:
+    """Check the message structure and that the image placeholders match ``n_images``.
+
+    Raises ValueError naming the offending message / part.
+    """
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+    placeholders = 0
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content', got {message!r}")
+        if message["role"] not in ("system", "user", "assistant"):
+            raise ValueError(f"messages[{i}].role must be system, user or assistant, got {message['role']!r}")
+        content = message["content"]
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, list):
+            raise ValueError(f"messages[{i}].content must be a string or a list of parts, got {type(content).__name__}")
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "image":
+                placeholders += 1
+            elif kind == "text":
+                if not isinstance(part.get("text"), str):
+                    raise ValueError(f"messages[{i}].content[{j}] is a text part without a string 'text'")
+            else:
+                raise ValueError(f"messages[{i}].content[{j}] must be {{'type': 'image'}} or {{'type': 'text', ...}}, got {part!r}")
+    if placeholders != n_images:
+        raise ValueError(f"the messages have {placeholders} image placeholder(s) but {n_images} image(s) were given")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated answer with its token counts (``None`` where a backend cannot tell).
+
+    ``finish_reason`` is ``"stop"`` (end-of-turn token) or ``"length"`` (``max_new_tokens`` reached).
+    """
+
+    text: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+
+
+class Backend(ABC):
+    """Greedy text generation for chats with images."""
+
+    #: A short name for logs and results (model path, URL, ...).
+    name: str = ""
+
+    @abstractmethod
+    def generate(self, requests: Sequence[ChatRequest], max_new_tokens: int = 64) -> list[str]:
+        """The greedy answer to each request, in order."""
+
+    def complete(self, requests: Sequence[ChatRequest], max_new_tokens: int = 64) -> list[Completion]:
+        """Like :meth:`generate`, with token counts where the backend knows them."""
+        return [Completion(text) for text in self.generate(requests, max_new_tokens)]
+
+    def query_many(
+        self,
+        images: Sequence["Image"],
+        questions: Sequence[str],
+        max_new_tokens: int = 64,
+        system: str | None = None,
+    ) -> list[str]:
+        """Answers to many single-turn questions about the same image(s).
+
+        Each answer is exactly what ``generate([single_turn(images, q, system)])`` gives; backends
+        override this to share the image work between questions.
+        """
+        return self.generate([single_turn(images, q, system) for q in questions], max_new_tokens)
+
+    def close(self) -> None:
+        """Release resources (connections, engines). The default does nothing."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_backend(spec: str, **kwargs: Any) -> Backend:
+    """A backend from a string.
+
+    - ``http://...`` / ``https://...``: an OpenAI-compatible server (the model name defaults to the
+      server's only model; pass ``model=...`` to choose).
+    - ``vllm:PATH``: vLLM's offline engine on PATH (a folder or hub id).
+    - anything else: a local folder or hub id run with transformers.
+
+    ``kwargs`` go to the backend's constructor.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"backend spec must be a non-empty string, got {spec!r}")
+    spec = spec.strip()
+    if spec.startswith(("http://", "https://")):
+        from vlm3.models.openai_http import OpenAIBackend
+
+        return OpenAIBackend(spec, **kwargs)
+    if spec.startswith("vllm:"):
+        path = spec[len("vllm:"):]
+        if not path:
+            raise ValueError("backend spec 'vllm:' needs a model after the colon, e.g. 'vllm:/ckpt/depth'")
+        from vlm3.models.vllm_backend import VLLMBackend
+
+        return VLLMBackend(path, **kwargs)
+    from vlm3.models.local import LocalBackend
+
+    return LocalBackend.from_pretrained(spec, **kwargs)

@@ -1,0 +1,116 @@
+"""vLLM's offline engine as a backend: ``vllm.LLM`` with automatic prefix caching, greedy decoding.
+
+Prompts are rendered with the checkpoint's own chat template (the same text the transformers
+backend feeds), images first and the question last, so every question about an image starts with
+the same token blocks and vLLM's prefix cache keeps the image prefill for the next question.
+vLLM is optional: ``pip install vllm`` (or ``pip install 'vlm3[vllm]'``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from vlm3.models.backend import Backend, ChatRequest, Completion
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+INSTALL_HINT = "vLLM is not installed; install it with `pip install vllm` (or `pip install 'vlm3[vllm]'`) on a machine with a supported GPU"
+
+
+def import_vllm() -> Any:
+    """The ``vllm`` module, or an ImportError that says how to install it."""
+    try:
+        import vllm
+    except ImportError as exc:
+        raise ImportError(f"{INSTALL_HINT} ({exc})") from exc
+    return vllm
+
+
+def build_vllm_inputs(requests: Sequence[ChatRequest], render: Callable[[list[dict]], str]) -> list[dict[str, Any]]:
+    """vLLM prompt dicts for ``requests``: ``{"prompt": text, "multi_modal_data": {"image": ...}}``.
+
+    ``render`` turns a chat into the prompt text (the chat template with the generation prompt).
+    One image is passed as an image, several as a list in placeholder order; text-only requests
+    carry no ``multi_modal_data``.
+    """
+    inputs = []
+    for r in requests:
+        item: dict[str, Any] = {"prompt": render(r.messages)}
+        images = [_rgb(im) for im in r.images]
+        if images:
+            item["multi_modal_data"] = {"image": images[0] if len(images) == 1 else images}
+        inputs.append(item)
+    return inputs
+
+
+def greedy_sampling_kwargs(max_new_tokens: int) -> dict[str, Any]:
+    """``SamplingParams`` fields for plain greedy decoding (overriding a checkpoint's sampling defaults)."""
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    return {"temperature": 0.0, "max_tokens": max_new_tokens, "repetition_penalty": 1.0, "n": 1}
+
+
+class VLLMBackend(Backend):
+    """Greedy generation with ``vllm.LLM(enable_prefix_caching=True)``.
+
+    Args:
+        model: checkpoint folder or hub id.
+        max_images: images per prompt vLLM reserves room for (``limit_mm_per_prompt``).
+        min_pixels, max_pixels: the image processor's pixel budget (``mm_processor_kwargs``); set them
+            to the values used in training so that vLLM resizes images like the transformers backend.
+        seed: engine seed (decoding is greedy; this only pins any internal randomness).
+        engine_kwargs: anything else for ``vllm.LLM`` (``tensor_parallel_size``, ``max_model_len``,
+            ``gpu_memory_utilization``, ``dtype``, ...).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        max_images: int = 2,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        seed: int = 0,
+        **engine_kwargs: Any,
+    ) -> None:
+        vllm = import_vllm()
+        from transformers import AutoProcessor
+
+        mm_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
+        if mm_kwargs:
+            engine_kwargs.setdefault("mm_processor_kwargs", mm_kwargs)
+        self._vllm = vllm
+        self.llm = vllm.LLM(
+            model=model,
+            enable_prefix_caching=True,
+            limit_mm_per_prompt={"image": max_images},
+            seed=seed,
+            **engine_kwargs,
+        )
+        self.processor = AutoProcessor.from_pretrained(model)
+        self.name = f"vllm:{model}"
+
+    def _render(self, messages: list[dict]) -> str:
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def generate(self, requests: Sequence[ChatRequest], max_new_tokens: int = 64) -> list[str]:
+        return [c.text for c in self.complete(requests, max_new_tokens)]
+
+    def complete(self, requests: Sequence[ChatRequest], max_new_tokens: int = 64) -> list[Completion]:
+        params = self._vllm.SamplingParams(**greedy_sampling_kwargs(max_new_tokens))
+        outputs = self.llm.generate(build_vllm_inputs(requests, self._render), params, use_tqdm=False)
+        result = []
+        for out in outputs:
+            gen = out.outputs[0]
+            result.append(
+                Completion(gen.text, len(out.prompt_token_ids or []), len(gen.token_ids), gen.finish_reason)
+            )
+        return result
+
+
+def _rgb(image: "Image") -> "Image":
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+__all__ = ["VLLMBackend", "build_vllm_inputs", "greedy_sampling_kwargs", "import_vllm", "INSTALL_HINT"]
