@@ -47,9 +47,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import datasets
+    from rich.table import Table
 
 POLICIES = "uniform, size, size^ALPHA (e.g. size^0.5), explicit"
 Override = float | Mapping[str, float]
@@ -245,7 +249,7 @@ def mixture_table(
     title: str = "data mixture",
     console: Any = None,
     show: bool = True,
-):
+) -> Table:
     """Print (and return) a rich table: dataset, size, weight, probability, expected draws, passes.
 
     ``draws`` is the number of draws planned (default: the sum of sizes, i.e. one nominal epoch);
@@ -418,7 +422,12 @@ class MixtureSampler:
         self._counts = np.array(counts, dtype=np.int64)
 
 
-def interleave(hf_datasets: Mapping[str, Any], probs: Mapping[str, float], seed: int, stopping_strategy: str = "all_exhausted"):
+def interleave(
+    hf_datasets: Mapping[str, datasets.Dataset | datasets.IterableDataset],
+    probs: Mapping[str, float],
+    seed: int,
+    stopping_strategy: str = "all_exhausted",
+) -> datasets.Dataset | datasets.IterableDataset:
     """Mix Hugging Face datasets (map-style or streaming) with per-draw probabilities.
 
     A thin wrapper of ``datasets.interleave_datasets`` (its sampling, not :class:`MixtureSampler`'s:

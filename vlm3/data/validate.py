@@ -60,7 +60,8 @@ def make_record(source: str, **fields: Any) -> Record | Rejection:
     """Build a :class:`Record` from keyword fields, or a :class:`Rejection` saying why not.
 
     ``source`` names the input for the rejection (e.g. ``"file.jsonl:17"``). Besides the schema,
-    labelled pixels must be finite (``nonfinite_pixel``). Image files are not touched here.
+    labelled pixels must be finite (``nonfinite_pixel``) and distortion coefficients usable by
+    OpenCV (``bad_intrinsics``). Image files are not touched here.
     """
     try:
         record = Record(**fields)
@@ -70,6 +71,10 @@ def make_record(source: str, **fields: Any) -> Record | Rejection:
     bad = _first_nonfinite_pixel(record)
     if bad is not None:
         return _reject(source, "nonfinite_pixel", bad)
+    for i, view in enumerate(record.views):
+        # OpenCV's distortion models take 4, 5, 8, 12 or 14 finite coefficients.
+        if view.dist is not None and (len(view.dist) not in (4, 5, 8, 12, 14) or not all(map(math.isfinite, view.dist))):
+            return _reject(source, "bad_intrinsics", f"views.{i}.dist = {view.dist} is not 4, 5, 8, 12 or 14 finite coefficients")
     return record
 
 
@@ -94,7 +99,7 @@ def load_images(record: Record, root: str | Path, *, source: str | None = None) 
 
 
 def image_path(root: str | Path, image: str) -> Path:
-    """Absolute location of a record's image path (relative to the dataset root; a leading "/" is ignored)."""
+    """Location of a record's image under the dataset root (a leading "/" in the record is ignored)."""
     return Path(root) / image.lstrip("/")
 
 

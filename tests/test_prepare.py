@@ -1,0 +1,287 @@
+"""``vlm3 prepare`` and record validation: real iBims-1 output, rejections, resuming, sharding, clean CLI errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vlm3.cli import app
+from vlm3.data.adapters.base import Rejection
+from vlm3.data.adapters.depthlm_jsonl import DepthLMJsonlAdapter
+from vlm3.data.io import image_root, read_manifest, read_records, shard_paths
+from vlm3.data.prepare import PrepareError, PrepareOptions, prepare, unified_image_name
+from vlm3.data.records import Record
+from vlm3.data.validate import REASONS, check_images, load_images, make_record
+
+IBIMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ibims1"
+needs_ibims = pytest.mark.skipif(not (IBIMS / "ibims1_val.jsonl").is_file(), reason="iBims-1 sample not available")
+runner = CliRunner()
+
+
+def make_dataset(root: Path, n_images: int = 9, size: tuple[int, int] = (40, 30), seed: int = 0) -> None:
+    """A tiny DepthLM-style dataset: random images, 6 labelled pixels each."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    (root / "rgb").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n_images):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / "rgb" / f"im{i}.png")
+        px = [[int(rng.integers(0, w)), int(rng.integers(0, h))] for _ in range(6)]
+        lines.append({"image": f"rgb/im{i}.png", "intrinsics": [45.0, 47.0, w / 2, h / 2, w, h], "pixel_coords": px,
+                      "depth": rng.uniform(0.5, 9.0, 6).tolist()})
+    (root / "d.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in shard_paths(out)}
+
+
+# --- validate -----------------------------------------------------------------------------------
+
+
+def _fields(**kw):
+    base = dict(id="x", dataset="t", views=[{"image": "a.png", "intrinsics": [10, 10, 2, 2, 4, 4]}],
+                depth={"pixels": [(1.5, 1.5)], "depth": [2.0], "depth_type": "z"})
+    return {**base, **kw}
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (dict(depth={"pixels": [(1.5, 1.5)], "depth": [math.inf], "depth_type": "z"}), "nonfinite_depth"),
+        (dict(depth={"pixels": [(1.5, 1.5)], "depth": [0.0], "depth_type": "z"}), "nonpositive_depth"),
+        (dict(depth={"pixels": [(1.5, 1.5)], "depth": [1.0, 2.0], "depth_type": "z"}), "length_mismatch"),
+        (dict(depth={"pixels": [(math.nan, 1.5)], "depth": [1.0], "depth_type": "z"}), "nonfinite_pixel"),
+        (dict(views=[{"image": "a.png", "intrinsics": [10, 10, 2, 2, 4, -4]}]), "bad_intrinsics"),
+        (dict(views=[{"image": "a.png", "intrinsics": [10, 10, 2, 2, 4, 4], "T_cam_from_world": [[1, 0], [0, 1]]}]), "bad_pose"),
+        (dict(depth={"pixels": [(1.5, 1.5)], "depth": [1.0], "depth_type": "disparity"}), "bad_field"),
+        (dict(colour="red"), "bad_field"),
+        (dict(views=[{"image": "a.png", "intrinsics": [10, 10, 2, 2, 4, 4], "dist": [0.1, 0.0, 0.0]}]), "bad_intrinsics"),
+    ],
+)
+def test_make_record_reasons(change, reason):
+    r = make_record("f.jsonl:3", **_fields(**change))
+    assert isinstance(r, Rejection) and r.reason == reason and r.source == "f.jsonl:3"
+    assert r.reason in REASONS and r.detail
+
+
+def test_make_record_missing_field():
+    fields = _fields()
+    del fields["views"]
+    r = make_record("s", **fields)
+    assert r.reason == "missing_field" and "views" in r.detail
+
+
+def test_check_images(tmp_path):
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "a.png")
+    rec = make_record("s", **_fields())
+    assert isinstance(rec, Record) and check_images(rec, tmp_path) is None
+    arrays = load_images(rec, tmp_path)
+    assert [a.shape for a in arrays] == [(4, 4, 3)]
+    assert check_images(rec, tmp_path / "nowhere").reason == "missing_image"
+    out = make_record("s", **_fields(depth={"pixels": [(4.0, 1.0)], "depth": [1.0], "depth_type": "z"}))
+    assert check_images(out, tmp_path).reason == "pixel_outside_image"
+    small = make_record("s", **_fields(views=[{"image": "a.png", "intrinsics": [10, 10, 2, 2, 5, 4]}]))
+    assert check_images(small, tmp_path).reason == "image_size_mismatch"
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "a.png").write_bytes(data[: len(data) // 2])
+    assert check_images(rec, tmp_path).reason == "corrupt_image"
+
+
+# --- real data ----------------------------------------------------------------------------------
+
+
+@pytest.mark.realdata
+@needs_ibims
+@pytest.mark.parametrize("materialize", [False, True])
+def test_cli_prepares_ibims1(tmp_path, materialize):
+    out = tmp_path / "out"
+    args = ["prepare", "depthlm-jsonl", "--root", str(IBIMS), "--out", str(out)]
+    if materialize:
+        args += ["--materialize", "--option", "chunk_size=50", "--workers", "2"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "records written" in res.output
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert (report["records"], report["depth_points"], report["rejected"]) == (100, 10_000, {})
+    manifest = read_manifest(out)
+    assert manifest["size"] == 100 and manifest["dataset"] == "ibims1" and manifest["seed"] == 0
+    assert manifest["label_conventions"]["depth_types"] == {"z": 100}
+    records = list(read_records(out))
+    assert len(records) == 100 and sum(len(r.depth.pixels) for r in records) == 10_000
+    root = image_root(out, manifest)
+    if not materialize:
+        assert manifest["focal"] is None and root == IBIMS.resolve()
+        assert records[0].views[0].image == "rgb/corridor_01.png"
+        return
+    assert manifest["focal"] == 1000.0 and root == out.resolve()
+    src = DepthLMJsonlAdapter(IBIMS)
+    originals = {r.id: r for u in src.units() for r in src.convert(u)}
+    for rec in records[::9]:
+        K = rec.views[0].K
+        assert (K.fx, K.fy) == (1000.0, 1000.0)
+        with Image.open(root / rec.views[0].image) as im:
+            assert im.size == (K.width, K.height)
+        orig = originals[rec.id]
+        s_x, s_y = 1000.0 / orig.views[0].K.fx, 1000.0 / orig.views[0].K.fy
+        assert K.width == round(640 * s_x) and K.height == round(480 * s_y)
+        # Exact label mapping u' = s * u (corner-origin), depth unchanged.
+        np.testing.assert_allclose(rec.depth.pixels, np.asarray(orig.depth.pixels) * [s_x, s_y], rtol=1e-12)
+        assert rec.depth.depth == orig.depth.depth
+        assert rec.meta["source_image"] == orig.views[0].image
+
+
+@pytest.mark.realdata
+@needs_ibims
+def test_damaged_copy_gives_97_records_and_three_named_rejections(tmp_path):
+    src = tmp_path / "src"
+    (src / "rgb").mkdir(parents=True)
+    for p in (IBIMS / "rgb").glob("*.png"):
+        os.symlink(p, src / "rgb" / p.name)
+    lines = [json.loads(x) for x in (IBIMS / "ibims1_val.jsonl").read_text().splitlines() if x.strip()]
+    # 1) a corrupt image file: a truncated copy replaces the link
+    corrupt = src / lines[4]["image"]
+    data = corrupt.read_bytes()
+    corrupt.unlink()
+    corrupt.write_bytes(data[: len(data) // 3])
+    # 2) a NaN depth, 3) a pixel one column beyond the right edge
+    lines[20]["depth"][7] = math.nan
+    lines[60]["pixel_coords"][3] = [lines[60]["intrinsics"][4], 10]
+    (src / "ibims1_val.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+    report = prepare("depthlm-jsonl", src, tmp_path / "out", PrepareOptions(options={"chunk_size": "40"}), progress=False)
+    assert report.records == 97 and report.depth_points == 9_700
+    assert report.rejected == {"corrupt_image": 1, "nonfinite_depth": 1, "pixel_outside_image": 1}
+    assert report.examples["corrupt_image"][0].startswith("ibims1_val.jsonl:5:")
+    assert report.examples["nonfinite_depth"][0].startswith("ibims1_val.jsonl:21:")
+    assert report.examples["pixel_outside_image"][0].startswith("ibims1_val.jsonl:61:")
+    assert len(list(read_records(tmp_path / "out"))) == 97
+    assert read_manifest(tmp_path / "out")["rejected"] == report.rejected
+
+
+# --- resuming, determinism, sharding (tiny fixture) -----------------------------------------------
+
+
+OPTS = dict(options={"chunk_size": "2"}, materialize=True, focal=60.0)
+
+
+def test_rerun_skips_finished_shards(tmp_path):
+    make_dataset(tmp_path / "src")
+    out = tmp_path / "out"
+    first = prepare("depthlm-jsonl", tmp_path / "src", out, PrepareOptions(**OPTS), progress=False)
+    assert (first.units_total, first.units_converted, first.records, first.complete) == (5, 5, 9, True)
+    stamps = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in shard_paths(out)}
+    images = {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")}
+    second = prepare("depthlm-jsonl", tmp_path / "src", out, PrepareOptions(**OPTS), progress=False)
+    assert (second.units_converted, second.units_skipped) == (0, 5)
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in shard_paths(out)} == stamps
+    assert {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")} == images
+    # The report still counts everything, from the done files.
+    assert (second.records, second.depth_points, second.rejected) == (first.records, first.depth_points, first.rejected)
+
+
+def test_interrupted_run_resumes_to_the_same_output(tmp_path, monkeypatch):
+    make_dataset(tmp_path / "src")
+    clean = tmp_path / "clean"
+    prepare("depthlm-jsonl", tmp_path / "src", clean, PrepareOptions(**OPTS), progress=False)
+
+    out = tmp_path / "out"
+    real_convert = DepthLMJsonlAdapter.convert
+
+    def interrupted(self, unit):
+        if unit.endswith("00000005-00000006"):
+            raise KeyboardInterrupt
+        yield from real_convert(self, unit)
+
+    monkeypatch.setattr(DepthLMJsonlAdapter, "convert", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare("depthlm-jsonl", tmp_path / "src", out, PrepareOptions(**OPTS), progress=False)
+    monkeypatch.setattr(DepthLMJsonlAdapter, "convert", real_convert)
+    assert len(shard_paths(out)) == 2 and not (out / "manifest.json").exists()
+    # A run killed between writing a shard and its done file: that unit is redone.
+    (out / "done" / "00001.json").unlink()
+
+    resumed = prepare("depthlm-jsonl", tmp_path / "src", out, PrepareOptions(**OPTS), progress=False)
+    assert (resumed.units_skipped, resumed.units_converted) == (1, 4)
+    assert shard_bytes(out) == shard_bytes(clean)
+    assert read_manifest(out) == read_manifest(clean)
+    assert sorted(p.name for p in (out / "images" / "rgb").iterdir()) == sorted(p.name for p in (clean / "images" / "rgb").iterdir())
+
+
+def test_workers_and_shards_give_identical_output(tmp_path):
+    make_dataset(tmp_path / "src")
+    one = tmp_path / "one"
+    prepare("depthlm-jsonl", tmp_path / "src", one, PrepareOptions(**OPTS), progress=False)
+    two = tmp_path / "two"
+    prepare("depthlm-jsonl", tmp_path / "src", two, PrepareOptions(workers=2, **OPTS), progress=False)
+    assert shard_bytes(two) == shard_bytes(one)
+
+    split = tmp_path / "split"
+    part = prepare("depthlm-jsonl", tmp_path / "src", split, PrepareOptions(num_shards=2, shard_index=1, **OPTS), progress=False)
+    assert (part.units_converted, part.complete, part.manifest) == (2, False, None)
+    assert sorted(p.name for p in shard_paths(split)) == ["00001.jsonl", "00003.jsonl"]
+    last = prepare("depthlm-jsonl", tmp_path / "src", split, PrepareOptions(num_shards=2, shard_index=0, **OPTS), progress=False)
+    assert last.complete and last.units_converted == 3
+    assert shard_bytes(split) == shard_bytes(one)
+    assert read_manifest(split) == read_manifest(one)
+
+
+def test_no_labels_after_cropping_is_rejected(tmp_path):
+    make_dataset(tmp_path / "src", n_images=2)
+    # size_multiple crops the unified 40x30 image to 32x32: labels right of x = 32 leave the image.
+    report = prepare("depthlm-jsonl", tmp_path / "src", tmp_path / "out",
+                     PrepareOptions(materialize=True, focal=45.0, size_multiple=32), progress=False)
+    kept = list(read_records(tmp_path / "out"))
+    assert all(r.views[0].K.width == 32 and r.views[0].K.height == 32 for r in kept)
+    assert 0 < report.dropped_labels == 12 - report.depth_points
+    assert all(x < 32 and y < 32 for r in kept for x, y in r.depth.pixels)
+
+
+def test_settings_or_source_change_is_refused(tmp_path):
+    make_dataset(tmp_path / "src", n_images=2)
+    prepare("depthlm-jsonl", tmp_path / "src", tmp_path / "out", PrepareOptions(), progress=False)
+    with pytest.raises(PrepareError, match="other settings.*seed"):
+        prepare("depthlm-jsonl", tmp_path / "src", tmp_path / "out", PrepareOptions(seed=3), progress=False)
+    with open(tmp_path / "src" / "d.jsonl", "a") as f:
+        f.write(json.dumps({"image": "rgb/im0.png", "intrinsics": [45, 47, 20, 15, 40, 30], "pixel_coords": [[1, 1]], "depth": [2.0]}) + "\n")
+    with pytest.raises(PrepareError, match="other settings.*source_version"):
+        prepare("depthlm-jsonl", tmp_path / "src", tmp_path / "out", PrepareOptions(), progress=False)
+
+
+def test_unified_image_names():
+    assert unified_image_name("rgb/a.png") == "images/rgb/a.png"
+    assert unified_image_name("/rgb/a.jpg") == "images/rgb/a.jpg.png"
+    assert unified_image_name("../../etc/x.png") == "images/etc/x.png"
+
+
+# --- CLI errors ---------------------------------------------------------------------------------
+
+
+def _cli_error(args: list[str]) -> str:
+    res = runner.invoke(app, args)
+    assert res.exit_code != 0
+    assert "Traceback" not in res.output and res.exception is None or isinstance(res.exception, SystemExit)
+    return res.output
+
+
+def test_cli_errors_are_clean(tmp_path):
+    make_dataset(tmp_path / "src", n_images=2)
+    src, out = str(tmp_path / "src"), str(tmp_path / "out")
+    assert "unknown adapter 'nope'" in _cli_error(["prepare", "nope", "--root", src, "--out", out])
+    assert "does not exist" in _cli_error(["prepare", "depthlm-jsonl", "--root", str(tmp_path / "missing"), "--out", out])
+    assert "key=value" in _cli_error(["prepare", "depthlm-jsonl", "--root", src, "--out", out, "--option", "chunk_size"])
+    assert "depth_type" in _cli_error(["prepare", "depthlm-jsonl", "--root", src, "--out", out, "-o", "depth_type=disparity"])
+    assert "shard-index" in _cli_error(["prepare", "depthlm-jsonl", "--root", src, "--out", out, "--num-shards", "2", "--shard-index", "2"])
+    assert "--root SRC and --out DST are required" in _cli_error(["prepare", "depthlm-jsonl"])
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    assert "not empty" in _cli_error(["prepare", "depthlm-jsonl", "--root", src, "--out", str(tmp_path / "busy")])
+    res = runner.invoke(app, ["prepare", "depthlm-jsonl", "--help-adapter"])
+    assert res.exit_code == 0 and "depth_type" in res.output

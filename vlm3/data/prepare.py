@@ -1,0 +1,668 @@
+"""``vlm3 prepare``: convert a dataset's original layout into vlm3 records, in parallel and resumably.
+
+For every work unit of the adapter (``Adapter.units()``: an image-list chunk, a scene, ...):
+
+1. ``adapter.convert(unit)`` yields records and rejections;
+2. every record is checked against its image files (``vlm3.data.validate``: missing, corrupt,
+   wrong size, labelled pixel outside the image) and must carry a label (``no_labels``);
+3. with ``--materialize`` the record is focal-unified (``vlm3.data.unify.unify_record``, fx = fy =
+   ``--focal``) and its images are written as PNG under ``DST/images``; records then name those
+   images and the unified intrinsics, and the manifest's ``image_root`` is ``DST``. Without it,
+   records keep the original images and intrinsics and ``image_root`` is ``SRC``;
+4. the unit's records go to one JSONL shard ``DST/records/NNNNN.jsonl`` (NNNNN = the unit's index
+   in ``units()``), written atomically, then ``DST/done/NNNNN.json`` records that the shard is
+   complete, with its counts and rejections.
+
+Output::
+
+    DST/manifest.json          written once every unit is done (vlm3.data.io.write_manifest)
+    DST/prepare_report.json    counts, rejections by reason with examples, timing
+    DST/prepare_settings.json  the settings that determine the output (checked when resuming)
+    DST/records/NNNNN.jsonl    one shard per unit
+    DST/done/NNNNN.json        per-shard completion marker with its counts
+    DST/images/...             unified images (with --materialize)
+
+Resuming. Re-running the same command skips units whose shard and done file exist (the report
+still counts them, from the done files), so an interrupted run continues where it stopped and
+gives the same final output. Running with different settings into the same DST is refused.
+
+Scaling out. ``--num-shards N --shard-index I`` converts only units with ``index % N == I``, so N
+copies of the same command (e.g. a SLURM array, ``--shard-index $SLURM_ARRAY_TASK_ID``) split the
+work disjointly into one shared DST. The run that finds every unit done writes the manifest; to be
+sure, run the command once more without ``--num-shards`` when all tasks have finished (it converts
+nothing and writes the manifest and the merged report). Within one machine the engine is a
+process pool (``--workers``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from vlm3.data.adapters.base import Adapter, AdapterOptions, Rejection, get_adapter
+from vlm3.data.io import MANIFEST, RECORDS_DIR, shard_path, write_manifest, write_shard
+from vlm3.data.records import Record
+
+DONE_DIR = "done"
+IMAGES_DIR = "images"
+REPORT = "prepare_report.json"
+SETTINGS = "prepare_settings.json"
+EXAMPLES_PER_REASON = 3
+
+
+class PrepareError(RuntimeError):
+    """A preparation that cannot proceed (bad settings, a failing unit); the message says why."""
+
+
+@dataclass
+class PrepareOptions:
+    """Settings of one ``prepare`` run (units: pixels for focal and sizes)."""
+
+    focal: float = 1000.0  # target focal length (pixels) when materialising
+    size_multiple: int | None = None  # round unified image sizes to this multiple (e.g. the patch size)
+    points: int | None = None  # labelled pixels kept per record (None = adapter default)
+    workers: int = 1
+    seed: int = 0
+    split: str = "train"
+    materialize: bool = False
+    num_shards: int = 1
+    shard_index: int = 0
+    options: dict[str, str] = field(default_factory=dict)  # adapter options (AdapterOptions fields or extra)
+
+
+@dataclass
+class PrepareReport:
+    """What a run produced: totals over all done units, plus this run's timing."""
+
+    adapter: str
+    dataset: str
+    out: str
+    units_total: int
+    units_done: int  # done in total (this run + earlier runs / other shards)
+    units_converted: int  # converted by this run
+    units_skipped: int  # already done when this run started
+    records: int
+    depth_points: int
+    matches: int
+    objects: int
+    rejected: dict[str, int]
+    examples: dict[str, list[str]]
+    dropped_labels: int  # labels that fell outside a cropped unified image
+    records_this_run: int
+    images_this_run: int
+    seconds: float
+    records_per_s: float
+    images_per_s: float
+    complete: bool
+    manifest: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def prepare(
+    adapter: str,
+    root: str | Path,
+    out: str | Path,
+    opts: PrepareOptions | None = None,
+    *,
+    progress: bool = True,
+    console: Any = None,
+) -> PrepareReport:
+    """Convert dataset ``root`` with adapter ``adapter`` into records under ``out`` (see module doc)."""
+    opts = opts or PrepareOptions()
+    _check_options(opts)
+    root, out = Path(root), Path(out)
+    adapter_opts = make_adapter_options(opts)
+    try:
+        ad = get_adapter(adapter)(root, adapter_opts)
+    except KeyError as e:
+        raise PrepareError(str(e.args[0])) from None
+    except (OSError, ValueError) as e:
+        raise PrepareError(str(e)) from None
+    units = list(ad.units())
+    if len(set(units)) != len(units):
+        raise PrepareError(f"adapter {adapter} returned duplicate unit names")
+    info = ad.manifest_info()
+    settings = _settings(adapter, root, opts, adapter_opts, info.get("source_version"))
+    _claim_out_dir(out, settings)
+    _remove_stale(out, len(units))
+
+    mine = [(i, u) for i, u in enumerate(units) if i % opts.num_shards == opts.shard_index]
+    todo = [(i, u) for i, u in mine if _read_done(out, i, u, settings["hash"]) is None]
+    skipped = len(mine) - len(todo)
+
+    t0 = time.perf_counter()
+    results = _run(ad, adapter_opts, out, settings, opts, todo, progress, console, len(mine), skipped)
+    seconds = time.perf_counter() - t0
+
+    done = {i: d for i, u in enumerate(units) if (d := _read_done(out, i, u, settings["hash"])) is not None}
+    report = _report(ad, info, out, units, done, results, skipped, seconds)
+    if report.complete:
+        write_manifest(out, _manifest(ad, info, root, out, opts, adapter_opts, units, done, report))
+        report.manifest = str(out / MANIFEST)
+    _write_json(out / REPORT, report.to_dict())
+    return report
+
+
+def make_adapter_options(opts: PrepareOptions) -> AdapterOptions:
+    """AdapterOptions from prepare settings; ``options`` keys naming AdapterOptions fields are typed."""
+    ao = AdapterOptions(points=opts.points, seed=opts.seed, split=opts.split)
+    typed = {"pairs_per_scene": int, "min_covisibility": float}
+    for key, value in opts.options.items():
+        if key in ("points", "seed", "split"):
+            raise PrepareError(f"option {key}={value!r}: use --{key} instead of --option")
+        if key in typed:
+            try:
+                setattr(ao, key, typed[key](value))
+            except ValueError:
+                raise PrepareError(f"option {key}={value!r} must be a {typed[key].__name__}") from None
+        else:
+            ao.extra[key] = str(value)
+    return ao
+
+
+def parse_option_pairs(pairs: list[str]) -> dict[str, str]:
+    """``["key=value", ...]`` (from ``--option``) -> dict; a malformed item raises PrepareError naming it."""
+    out: dict[str, str] = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise PrepareError(f"--option {item!r} must look like key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def print_report(report: PrepareReport, console: Any = None) -> None:
+    """Print the final report as rich tables."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = console or Console()
+    # Paths and rejection details are data, not rich markup: escape their brackets.
+    t = Table(title=escape(f"vlm3 prepare {report.adapter} -> {report.out}"), show_header=False)
+    t.add_column("what", style="bold")
+    t.add_column("value", justify="right")
+    t.add_row("dataset", escape(report.dataset))
+    t.add_row("units done", f"{report.units_done} / {report.units_total} ({report.units_converted} now, {report.units_skipped} skipped)")
+    t.add_row("records written", f"{report.records:,}")
+    t.add_row("depth points", f"{report.depth_points:,}")
+    t.add_row("matches", f"{report.matches:,}")
+    t.add_row("objects", f"{report.objects:,}")
+    t.add_row("rejected", f"{sum(report.rejected.values()):,}")
+    if report.dropped_labels:
+        t.add_row("labels dropped (outside cropped image)", f"{report.dropped_labels:,}")
+    t.add_row("time", f"{report.seconds:.1f} s")
+    t.add_row("records/s (this run)", f"{report.records_per_s:.1f}")
+    if report.images_this_run:
+        t.add_row("images/s (this run)", f"{report.images_per_s:.1f}")
+    t.add_row("manifest", escape(report.manifest or "not yet (units pending)"))
+    console.print(t)
+    if report.rejected:
+        r = Table(title="rejected by reason")
+        r.add_column("reason")
+        r.add_column("count", justify="right")
+        r.add_column("examples")
+        for reason, n in sorted(report.rejected.items(), key=lambda kv: (-kv[1], kv[0])):
+            r.add_row(escape(reason), f"{n:,}", escape("\n".join(report.examples.get(reason, []))))
+        console.print(r)
+
+
+# --- one unit ------------------------------------------------------------------------------------
+
+
+class _UnitConverter:
+    """Converts units of one adapter into shards; lives in the main process or in one worker."""
+
+    def __init__(self, adapter: Adapter, out: Path, settings: dict[str, Any], opts: PrepareOptions) -> None:
+        self.adapter = adapter
+        self.out = out
+        self.settings = settings
+        self.opts = opts
+
+    def run(self, index: int, unit: str) -> dict[str, Any]:
+        from vlm3.data.validate import check_images, load_images
+
+        t0 = time.perf_counter()
+        root = self.adapter.root
+        records: list[Record] = []
+        rejected: Counter[str] = Counter()
+        examples: dict[str, list[str]] = {}
+        tasks: Counter[str] = Counter()
+        depth_types: Counter[str] = Counter()
+        datasets: Counter[str] = Counter()
+        dropped = images = 0
+
+        def reject(r: Rejection) -> None:
+            rejected[r.reason] += 1
+            ex = examples.setdefault(r.reason, [])
+            if len(ex) < EXAMPLES_PER_REASON:
+                ex.append(f"{r.source}: {r.detail}" if r.detail else r.source)
+
+        for item in self.adapter.convert(unit):
+            if isinstance(item, Rejection):
+                reject(item)
+                continue
+            if not isinstance(item, Record):
+                raise TypeError(f"adapter yielded {type(item).__name__}, expected Record or Rejection")
+            rec = item
+            src = str(rec.meta.get("source") or rec.id)
+            if not rec.tasks():
+                reject(Rejection(src, "no_labels", "no depth points, pose pair, matches or objects"))
+                continue
+            if self.opts.materialize:
+                loaded = load_images(rec, root, source=src)
+                if isinstance(loaded, Rejection):
+                    reject(loaded)
+                    continue
+                try:
+                    rec, n_dropped = self._materialize(rec, loaded)
+                except ValueError as e:  # e.g. distortion coefficients OpenCV cannot use
+                    reject(Rejection(src, "bad_intrinsics", f"cannot unify: {e}"))
+                    continue
+                dropped += n_dropped
+                images += len(loaded)
+                if not rec.tasks():
+                    reject(Rejection(src, "no_labels", "no label left inside the unified image"))
+                    continue
+            else:
+                problem = check_images(rec, root, source=src)
+                if problem is not None:
+                    reject(problem)
+                    continue
+            records.append(rec)
+            tasks.update(rec.tasks())
+            datasets[rec.dataset] += 1
+            if rec.depth is not None:
+                depth_types[rec.depth.depth_type] += 1
+
+        write_shard(records, shard_path(self.out, index))
+        result = {
+            "unit": unit,
+            "settings": self.settings["hash"],
+            "records": len(records),
+            "depth_points": sum(len(r.depth.pixels) for r in records if r.depth is not None),
+            "matches": sum(len(r.matches.pixels0) for r in records if r.matches is not None),
+            "objects": sum(len(r.objects) for r in records if r.objects),
+            "rejected": dict(rejected),
+            "examples": examples,
+            "tasks": dict(tasks),
+            "depth_types": dict(depth_types),
+            "datasets": dict(datasets),
+            "dropped_labels": dropped,
+            "images": images,
+            "seconds": round(time.perf_counter() - t0, 4),
+        }
+        # Written last: a shard without its done file (a run killed in between) is redone.
+        _write_json(_done_path(self.out, index), result)
+        return result
+
+    def _materialize(self, rec: Record, images: list[np.ndarray]) -> tuple[Record, int]:
+        from vlm3.data.unify import unify_record
+
+        u = unify_record(rec, images, self.opts.focal, self.opts.size_multiple)
+        views, meta = [], dict(u.record.meta)
+        for k, (view, orig, img) in enumerate(zip(u.record.views, rec.views, u.images)):
+            rel = unified_image_name(orig.image)
+            path = self.out / rel
+            # Same source image -> same unified image (settings are fixed per DST), so skip rewrites.
+            if not path.is_file():
+                _write_png(path, img)
+            views.append(view.model_copy(update={"image": rel}))
+            meta["source_image" if k == 0 else f"source_image{k}"] = orig.image
+        return u.record.model_copy(update={"views": views, "meta": meta}), u.dropped_labels
+
+
+def unified_image_name(image: str) -> str:
+    """Where the unified copy of a source image goes, relative to DST: ``images/<path>`` as PNG.
+
+    A non-PNG source keeps its suffix (``rgb/a.jpg`` -> ``images/rgb/a.jpg.png``), so that two
+    sources differing only in their suffix never share a unified file.
+    """
+    parts = [p for p in PurePosixPath(image.replace("\\", "/")).parts if p not in ("/", "..", ".")]
+    rel = str(PurePosixPath(IMAGES_DIR, *parts))
+    return rel if rel.lower().endswith(".png") else rel + ".png"
+
+
+def _png_params() -> list[int]:
+    import cv2
+
+    # PNG encoding dominates --materialize. The Up filter with Huffman-only deflate is lossless like
+    # any PNG, ~2x faster than zlib level 1 with OpenCV's default filters, and files are ~5% smaller.
+    if hasattr(cv2, "IMWRITE_PNG_FILTER"):
+        return [cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+    return [cv2.IMWRITE_PNG_COMPRESSION, 1]
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    import cv2
+
+    arr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 and image.shape[2] == 3 else image
+    ok, buf = cv2.imencode(".png", arr, _png_params())
+    if not ok:
+        raise OSError(f"cannot encode {path} as PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(buf.tobytes())
+    os.replace(tmp, path)  # atomic: readers and resumed runs never see half an image
+
+
+# --- running units (inline or in a process pool) -----------------------------------------------
+
+_WORKER: dict[str, _UnitConverter] = {}
+
+
+def _init_worker(adapter: type[Adapter], root: Path, adapter_opts: AdapterOptions, out: Path, settings: dict, opts: PrepareOptions) -> None:
+    import signal
+
+    import cv2
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the main process
+    cv2.setNumThreads(1)  # parallelism comes from the processes; threads would oversubscribe the cores
+    _WORKER["conv"] = _UnitConverter(adapter(root, adapter_opts), out, settings, opts)
+
+
+def _run_in_worker(index: int, unit: str) -> dict[str, Any]:
+    return _WORKER["conv"].run(index, unit)
+
+
+def _mp_context() -> Any:
+    """forkserver where available, else spawn; never a plain fork of this process.
+
+    A forked child inherits thread pools (OpenCV's, the progress display's) whose threads do not
+    exist in the child and can deadlock. The fork server is a fresh single-threaded process that
+    has imported vlm3 once, so workers still start in milliseconds. The adapter class travels to
+    the workers by reference (module + name), so adapters defined outside vlm3 work too.
+    """
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["vlm3.data.prepare"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+def _run(
+    ad: Adapter,
+    adapter_opts: AdapterOptions,
+    out: Path,
+    settings: dict,
+    opts: PrepareOptions,
+    todo: list[tuple[int, str]],
+    progress: bool,
+    console: Any,
+    n_mine: int,
+    skipped: int,
+) -> list[dict[str, Any]]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    results: list[dict[str, Any]] = []
+    if not todo:
+        return results
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("units  {task.fields[records]:,} records  {task.fields[rejected]:,} rejected"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console or Console(stderr=True),
+        disable=not progress,
+    )
+    task = bar.add_task(f"prepare {ad.name}", total=n_mine, completed=skipped, records=0, rejected=0)
+
+    def advance(res: dict[str, Any]) -> None:
+        results.append(res)
+        bar.update(
+            task,
+            advance=1,
+            records=sum(r["records"] for r in results),
+            rejected=sum(sum(r["rejected"].values()) for r in results),
+        )
+
+    def fail(index: int, unit: str, e: BaseException) -> PrepareError:
+        return PrepareError(
+            f"unit {unit!r} (shard {index}) failed: {type(e).__name__}: {e}. "
+            "Finished units are kept; fix the cause and re-run the same command to resume."
+        )
+
+    if opts.workers <= 1 or len(todo) == 1:
+        conv = _UnitConverter(ad, out, settings, opts)
+        with bar:
+            for index, unit in todo:
+                try:
+                    res = conv.run(index, unit)
+                except (KeyboardInterrupt, PrepareError):
+                    raise
+                except Exception as e:
+                    raise fail(index, unit, e) from e
+                advance(res)
+        return results
+
+    pool = ProcessPoolExecutor(
+        max_workers=min(opts.workers, len(todo)),
+        mp_context=_mp_context(),
+        initializer=_init_worker,
+        initargs=(type(ad), ad.root, adapter_opts, out, settings, opts),
+    )
+    try:
+        futures = {pool.submit(_run_in_worker, index, unit): (index, unit) for index, unit in todo}
+        with bar:
+            for fut in as_completed(futures):
+                index, unit = futures[fut]
+                try:
+                    res = fut.result()
+                except Exception as e:
+                    raise fail(index, unit, e) from e
+                advance(res)
+    except BaseException:
+        # Stop now: units still running are simply redone by the next run (their writes are atomic).
+        workers = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in workers:
+            proc.terminate()
+        for proc in workers:
+            proc.join(5)
+        raise
+    pool.shutdown(wait=True)
+    return results
+
+
+# --- settings, done files, report, manifest -----------------------------------------------------
+
+
+def _check_options(opts: PrepareOptions) -> None:
+    problems = []
+    if not opts.focal > 0:
+        problems.append(f"focal must be > 0 pixels, got {opts.focal}")
+    if opts.size_multiple is not None and opts.size_multiple < 1:
+        problems.append(f"size-multiple must be >= 1, got {opts.size_multiple}")
+    if opts.points is not None and opts.points < 1:
+        problems.append(f"points must be >= 1, got {opts.points}")
+    if opts.workers < 1:
+        problems.append(f"workers must be >= 1, got {opts.workers}")
+    if opts.num_shards < 1:
+        problems.append(f"num-shards must be >= 1, got {opts.num_shards}")
+    if not 0 <= opts.shard_index < max(opts.num_shards, 1):
+        problems.append(f"shard-index must be in [0, {opts.num_shards}), got {opts.shard_index}")
+    if problems:
+        raise PrepareError("; ".join(problems))
+
+
+def _settings(adapter: str, root: Path, opts: PrepareOptions, ao: AdapterOptions, source_version: Any) -> dict[str, Any]:
+    """Everything that determines the output (not workers or sharding), plus its hash."""
+    s: dict[str, Any] = {
+        "adapter": adapter,
+        "root": str(root.resolve()),
+        "source_version": source_version,  # a changed source must not be mixed with old shards
+        "materialize": opts.materialize,
+        "focal": opts.focal if opts.materialize else None,
+        "size_multiple": opts.size_multiple if opts.materialize else None,
+        "points": opts.points,
+        "seed": opts.seed,
+        "split": opts.split,
+        "adapter_options": {
+            "pairs_per_scene": ao.pairs_per_scene,
+            "min_covisibility": ao.min_covisibility,
+            "extra": dict(sorted(ao.extra.items())),
+        },
+    }
+    s["hash"] = hashlib.sha256(json.dumps(s, sort_keys=True).encode()).hexdigest()[:16]
+    return s
+
+
+def _claim_out_dir(out: Path, settings: dict[str, Any]) -> None:
+    path = out / SETTINGS
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise PrepareError(f"{path} is not valid JSON; delete {out} to start over") from None
+        if old.get("hash") != settings["hash"]:
+            diff = [f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in settings if k != "hash" and old.get(k) != settings[k]]
+            raise PrepareError(
+                f"{out} was prepared with other settings ({'; '.join(diff)}); use another --out or delete it"
+            )
+        return
+    # Hidden names are temporary files of a concurrent run (another --shard-index) claiming the folder.
+    if out.exists() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise PrepareError(f"--out {out} is not empty and holds no {SETTINGS}: refusing to write into it")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(path, settings)
+
+
+def _remove_stale(out: Path, n_units: int) -> None:
+    """Drop shards of units that no longer exist (the source shrank), so readers never see them."""
+    for folder, suffix in ((out / RECORDS_DIR, ".jsonl"), (out / DONE_DIR, ".json")):
+        if not folder.is_dir():
+            continue
+        for p in folder.glob(f"*{suffix}"):
+            if p.stem.isdigit() and int(p.stem) >= n_units:
+                p.unlink()
+
+
+def _done_path(out: Path, index: int) -> Path:
+    return out / DONE_DIR / f"{index:05d}.json"
+
+
+def _read_done(out: Path, index: int, unit: str, settings_hash: str) -> dict[str, Any] | None:
+    """The done record of a finished shard, or None if the unit must be (re)converted."""
+    path = _done_path(out, index)
+    if not path.is_file() or not shard_path(out, index).is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return None
+    if d.get("unit") != unit or d.get("settings") != settings_hash:
+        return None
+    return d
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _sum(done: dict[int, dict], key: str) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for d in done.values():
+        total.update(d.get(key, {}))
+    return total
+
+
+def _dataset_name(ad: Adapter, info: dict, done: dict[int, dict]) -> str:
+    name = info.get("dataset")
+    if name:
+        return str(name)
+    seen = _sum(done, "datasets")
+    return seen.most_common(1)[0][0] if seen else ad.name
+
+
+def _report(ad: Adapter, info: dict, out: Path, units: list[str], done: dict[int, dict], results: list[dict], skipped: int, seconds: float) -> PrepareReport:
+    examples: dict[str, list[str]] = {}
+    for i in sorted(done):
+        for reason, ex in done[i].get("examples", {}).items():
+            room = EXAMPLES_PER_REASON - len(examples.setdefault(reason, []))
+            examples[reason] += ex[: max(room, 0)]
+    rec_now = sum(r["records"] for r in results)
+    img_now = sum(r["images"] for r in results)
+    return PrepareReport(
+        adapter=ad.name,
+        dataset=_dataset_name(ad, info, done),
+        out=str(out),
+        units_total=len(units),
+        units_done=len(done),
+        units_converted=len(results),
+        units_skipped=skipped,
+        records=sum(d["records"] for d in done.values()),
+        depth_points=sum(d["depth_points"] for d in done.values()),
+        matches=sum(d["matches"] for d in done.values()),
+        objects=sum(d["objects"] for d in done.values()),
+        rejected=dict(sorted(_sum(done, "rejected").items())),
+        examples=dict(sorted(examples.items())),
+        dropped_labels=sum(d.get("dropped_labels", 0) for d in done.values()),
+        records_this_run=rec_now,
+        images_this_run=img_now,
+        seconds=round(seconds, 3),
+        records_per_s=round(rec_now / seconds, 2) if seconds > 0 else 0.0,
+        images_per_s=round(img_now / seconds, 2) if seconds > 0 else 0.0,
+        complete=len(done) == len(units),
+        manifest=None,
+    )
+
+
+def _manifest(
+    ad: Adapter, info: dict, root: Path, out: Path, opts: PrepareOptions, ao: AdapterOptions, units: list[str], done: dict[int, dict], report: PrepareReport
+) -> dict[str, Any]:
+    from vlm3 import __version__
+
+    return {
+        "dataset": report.dataset,
+        "split": opts.split,
+        "size": report.records,
+        "tasks": dict(sorted(_sum(done, "tasks").items())),
+        "depth_points": report.depth_points,
+        "matches": report.matches,
+        "objects": report.objects,
+        "image_root": "." if opts.materialize else str(root.resolve()),
+        "unified": opts.materialize,
+        "focal": opts.focal if opts.materialize else None,
+        "size_multiple": opts.size_multiple if opts.materialize else None,
+        "label_conventions": {
+            "pixels": "continuous, origin at the top-left corner of the top-left pixel; x = column, y = row; "
+            "pixel (i, j) has its centre at (i + 0.5, j + 0.5)",
+            "intrinsics": "[fx, fy, cx, cy, width, height] in the same pixel convention",
+            "depth": "metres; convention per record in depth.depth_type ('z' or 'range')",
+            "depth_types": dict(sorted(_sum(done, "depth_types").items())),
+            "camera_axes": "X right, Y down, Z forward",
+            "poses": "views[].T_cam_from_world (camera-from-world, 4x4)",
+        },
+        "source": {
+            "adapter": ad.name,
+            "root": str(root.resolve()),
+            "version": info.get("source_version"),
+            "options": {"points": ao.points, "pairs_per_scene": ao.pairs_per_scene, "min_covisibility": ao.min_covisibility, **ao.extra},
+            "info": info,
+        },
+        "source_version": info.get("source_version"),
+        "seed": opts.seed,
+        "rejected": report.rejected,
+        "shards": [
+            {"path": f"{RECORDS_DIR}/{shard_path(out, i).name}", "unit": units[i], "records": done[i]["records"]} for i in sorted(done)
+        ],
+        "created_by": f"vlm3 {__version__} prepare",
+    }
