@@ -285,6 +285,9 @@ def train_command(
         result = train(cfg, resume=resume)
     except ConfigError as e:
         raise fail(str(e)) from None
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: re-run the same command to resume from the last checkpoint in {out}", err=True)
+        raise typer.Exit(130) from None
     if int(os.environ.get("RANK", "0")) == 0:
         resumed = f", resumed from {result.resumed_from}" if result.resumed_from else ""
         typer.echo(f"trained {result.global_step} steps in {result.train_seconds:.0f} s{resumed}")
@@ -326,7 +329,7 @@ def eval_command(
     except KeyboardInterrupt:
         err.print(f"interrupted: answers so far are kept in {out}/predictions.jsonl; re-run the same command to continue", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
-    except (BenchError, EvalError, FileNotFoundError, OSError) as e:
+    except (BenchError, EvalError, ValueError, OSError, RuntimeError) as e:  # bad input, data or backend: one line
         err.print(f"Error: {e}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
     m = result.metrics["metrics"]

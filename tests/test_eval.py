@@ -1,0 +1,351 @@
+"""vlm3 eval: benches, the fixed sample list, resumable predictions, backends agreeing, the report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from vlm3.cli import app
+from vlm3.eval.bench import BenchError, bench_dir, bench_from_dict, load_bench, make_sample_list, read_sample_list, resolve_settings
+from vlm3.eval.run import EvalError, model_meta, read_predictions, run_eval
+from vlm3.models.backend import Backend
+
+IBIMS = Path("/work/shared/data/ibims1")
+runner = CliRunner()
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny Qwen2.5-VL whose answers depend on the input (weights redrawn with std 0.1), saved."""
+    import torch
+
+    from vlm3.models.hf import load_model_and_processor
+    from vlm3.models.tiny import build_tiny_model
+
+    torch.set_num_threads(1)  # tiny model: extra threads only spin on a shared machine
+    folder = build_tiny_model("qwen2_5_vl", tmp_path_factory.mktemp("tiny") / "m")
+    model, processor = load_model_and_processor(folder)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def backend(model_dir):
+    from vlm3.models.local import LocalBackend
+
+    return LocalBackend.from_pretrained(model_dir, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bench-cache")
+
+
+def synth_bench(task: str, folder: Path, **changes) -> object:
+    """A copy of configs/bench/synth-<task>.yaml with its sample list kept in ``folder``."""
+    raw = yaml.safe_load((bench_dir() / f"synth-{task}.yaml").read_text())
+    raw["data"]["synth"]["scenes"] = 6
+    raw.update(changes)
+    path = folder / f"synth-{task}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_bench(path)
+
+
+class Counting(Backend):
+    """Counts query_many calls and questions; optionally fails on call number ``fail_at``."""
+
+    def __init__(self, inner: Backend, fail_at: int | None = None) -> None:
+        self.inner, self.fail_at = inner, fail_at
+        self.name = inner.name
+        self.calls = self.questions = 0
+
+    def generate(self, requests, max_new_tokens=64):
+        return self.inner.generate(requests, max_new_tokens)
+
+    def query_many(self, images, questions, max_new_tokens=64, system=None):
+        if self.fail_at is not None and self.calls + 1 == self.fail_at:
+            raise KeyboardInterrupt("injected interruption")
+        self.calls += 1
+        self.questions += len(questions)
+        return self.inner.query_many(images, questions, max_new_tokens, system)
+
+
+class Oracle(Backend):
+    """Answers every question with the bench's own target answer (looked up by image and text)."""
+
+    name = "oracle"
+
+    def __init__(self, bench, cache: Path) -> None:
+        from vlm3.data.io import image_root
+        from vlm3.eval.bench import load_records, resolve_data
+        from vlm3.tasks.samples import build_sample, load_images
+
+        data = resolve_data(bench, cache, progress=False)
+        opts, _ = resolve_settings(bench.task, None, bench.settings)
+        self.table: dict[tuple[str, str], str] = {}
+        for rec in load_records(data).values():
+            try:
+                sample = build_sample(rec, load_images(rec, image_root(data)), opts, all_points=True)
+            except ValueError:
+                continue  # no labels of this task
+            key = self._key(sample.images)
+            self.table.update({(key, q.question): q.answer for q in sample.queries})
+
+    @staticmethod
+    def _key(images) -> str:
+        return hashlib.sha1(b"".join(np.asarray(im).tobytes() for im in images)).hexdigest()
+
+    def generate(self, requests, max_new_tokens=64):
+        return [self.table[(self._key(r.images), r.messages[-1]["content"][-1]["text"])] for r in requests]
+
+
+class Scripted(Backend):
+    """Cycles through fixed answers, whatever the question (malformed output on purpose)."""
+
+    name = "scripted"
+
+    def __init__(self, answers) -> None:
+        self.answers, self.i = list(answers), 0
+
+    def generate(self, requests, max_new_tokens=64):
+        out = []
+        for _ in requests:
+            out.append(self.answers[self.i % len(self.answers)])
+            self.i += 1
+        return out
+
+
+def preds(out: Path) -> dict[str, str]:
+    return {k: v.get("raw") for k, v in read_predictions(out / "predictions.jsonl").items()}
+
+
+# --- iBims-1 through the local and the HTTP backend ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(model_dir):
+    """URL of an OpenAI-compatible vlm3 server on a free 127.0.0.1 port, running in a thread."""
+    import uvicorn
+
+    from vlm3.models.local import LocalBackend
+    from vlm3.serve.server import create_app
+
+    app_ = create_app(LocalBackend.from_pretrained(model_dir, batch_size=8), model_name="tiny", max_concurrency=1, max_batch_size=8)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app_, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not IBIMS.is_dir(), reason="iBims-1 sample not present")
+def test_ibims_local_and_http_give_identical_predictions(model_dir, served, cache, tmp_path):
+    args = ["--bench", "ibims1", "--limit", "2", "--limit-points", "8", "--max-new-tokens", "6", "--cache", str(cache)]
+    local = runner.invoke(app, ["eval", "--model", str(model_dir), "--out", str(tmp_path / "local"), *args])
+    assert local.exit_code == 0, local.output
+    http = runner.invoke(app, ["eval", "--model", served, "--out", str(tmp_path / "http"), *args])
+    assert http.exit_code == 0, http.output
+    a, b = preds(tmp_path / "local"), preds(tmp_path / "http")
+    assert len(a) == 16 and a == b
+    ma = json.loads((tmp_path / "local" / "metrics.json").read_text())
+    mb = json.loads((tmp_path / "http" / "metrics.json").read_text())
+    assert ma["metrics"] == mb["metrics"] and ma["questions_hash"] == mb["questions_hash"]
+    assert ma["metrics"]["n"] == 16 and ma["metrics"]["failed"] <= 16
+    # iBims-1 stores z-depth; the prompt asks range, so ground truth is converted per pixel.
+    line = next(iter(read_predictions(tmp_path / "local" / "predictions.jsonl").values()))
+    assert ma["settings"]["depth_type"] == "range" and ma["bench"]["samples"].endswith("configs/bench/ibims1.samples.json")
+    assert ma["model"]["processor"]["max_pixels"] > 0 and mb["model"]["processor"] is None
+    assert line["gt"] > 0 and len(line["pixel"]) == 2
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not IBIMS.is_dir(), reason="iBims-1 sample not present")
+def test_ibims_oracle_answers_score_perfectly(cache, tmp_path):
+    bench = load_bench("ibims1")
+    result = run_eval(Oracle(bench, cache), bench, tmp_path / "o", limit=3, cache_dir=cache, progress=False, plots=False)
+    m = result.metrics["metrics"]
+    assert m["n"] == 300 and m["failed"] == 0 and m["delta1"] == 1.0 and m["abs_rel"] < 0.002
+
+
+# --- determinism, batching, resuming ------------------------------------------------------------
+
+
+def test_batch_size_one_equals_eight(backend, cache, tmp_path):
+    bench = synth_bench("depth", tmp_path)
+    kw = dict(limit=3, limit_points=4, max_new_tokens=5, cache_dir=cache, progress=False, plots=False)
+    r1 = run_eval(backend, bench, tmp_path / "b1", batch_size=1, **kw)
+    r8 = run_eval(backend, bench, tmp_path / "b8", batch_size=8, **kw)
+    assert preds(tmp_path / "b1") == preds(tmp_path / "b8")
+    assert r1.metrics["metrics"] == r8.metrics["metrics"] and r1.metrics["metrics"]["n"] + r1.metrics["metrics"]["skipped"] == 12
+
+
+def test_interrupted_eval_resumes_without_recomputing(backend, cache, tmp_path):
+    bench = synth_bench("depth", tmp_path)
+    kw = dict(limit=4, limit_points=3, max_new_tokens=5, cache_dir=cache, progress=False, plots=False)
+    clean = run_eval(backend, bench, tmp_path / "clean", **kw)
+
+    out = tmp_path / "resumed"
+    first = Counting(backend, fail_at=3)  # answers two records, then "Ctrl-C"
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(first, bench, out, **kw)
+    done = read_predictions(out / "predictions.jsonl")
+    assert first.calls == 2 and len({line["record"] for line in done.values()}) == 2
+    with open(out / "predictions.jsonl", "a") as f:
+        f.write('{"key": "torn line from a kil')  # a write cut short by a kill
+
+    second = Counting(backend)
+    result = run_eval(second, bench, out, **kw)
+    remaining = [k for k, line in read_predictions(tmp_path / "clean" / "predictions.jsonl").items() if k not in done and "skipped" not in line]
+    assert second.calls == 2 and result.n_cached == len(done) and second.questions == len(remaining)
+    assert preds(out) == preds(tmp_path / "clean")
+    assert result.metrics["metrics"] == clean.metrics["metrics"]
+
+    third = Counting(backend)  # everything cached: nothing is asked again
+    again = run_eval(third, bench, out, **kw)
+    assert third.calls == 0 and again.metrics["metrics"] == clean.metrics["metrics"]
+    assert again.metrics["run"]["backend_calls"] == 0 and again.metrics["run"]["cached"] == again.n_queries
+
+
+def test_resume_refuses_a_different_run(backend, cache, tmp_path):
+    bench = synth_bench("depth", tmp_path)
+    kw = dict(limit=1, limit_points=2, cache_dir=cache, progress=False, plots=False)
+    run_eval(backend, bench, tmp_path / "o", max_new_tokens=4, **kw)
+    with pytest.raises(EvalError, match="max_new_tokens"):
+        run_eval(backend, bench, tmp_path / "o", max_new_tokens=5, **kw)
+    run_eval(backend, bench, tmp_path / "o", max_new_tokens=5, overwrite=True, **kw)
+
+
+# --- the sample list ----------------------------------------------------------------------------
+
+
+def test_sample_list_is_deterministic_versioned_and_checked(cache, tmp_path):
+    from vlm3.eval.bench import load_records, resolve_data, sample_list_for
+
+    bench = synth_bench("correspondence", tmp_path)
+    records = load_records(resolve_data(bench, cache, progress=False))
+    a = sample_list_for(bench, records)
+    assert a.path == tmp_path / "synth-correspondence.samples.json" and a.path.is_file()
+    assert make_sample_list(bench, records).to_dict() == a.to_dict()  # same seed, same list
+    assert all(len(e.labels) == 10 for e in a.entries) and read_sample_list(a.path).hash == a.hash
+    mtime = a.path.stat().st_mtime_ns
+    assert sample_list_for(bench, records).hash == a.hash and a.path.stat().st_mtime_ns == mtime  # reused, not redrawn
+
+    with pytest.raises(BenchError, match="seed=0.*seed=1"):
+        sample_list_for(synth_bench("correspondence", tmp_path, seed=1), records)
+    edited = json.loads(a.path.read_text())
+    edited["entries"][0]["labels"][0] = 99
+    a.path.write_text(json.dumps(edited))
+    with pytest.raises(BenchError, match="content hash"):
+        read_sample_list(a.path)
+
+
+def test_bench_config_errors_name_file_field_and_value(tmp_path):
+    good = {"name": "b", "task": "depth", "data": {"records": "x"}}
+    with pytest.raises(BenchError, match=r"unknown field\(s\) settings.focall"):
+        bench_from_dict({**good, "settings": {"focall": 3}}, tmp_path / "b.yaml")
+    with pytest.raises(BenchError, match=r"b.yaml: task = 'dpeth'"):
+        bench_from_dict({**good, "task": "dpeth"}, tmp_path / "b.yaml")
+    with pytest.raises(BenchError, match=r"settings.depth_type = 'euclid'"):
+        bench_from_dict({**good, "settings": {"depth_type": "euclid"}}, tmp_path / "b.yaml")
+    with pytest.raises(BenchError, match=r"limits.records = 0"):
+        bench_from_dict({**good, "limits": {"records": 0}}, tmp_path / "b.yaml")
+    with pytest.raises(BenchError, match="VLM3_NOT_SET"):
+        bench_from_dict({**good, "data": {"records": "${VLM3_NOT_SET}/x"}}, tmp_path / "b.yaml")
+    result = runner.invoke(app, ["eval", "--model", "m", "--bench", "no-such-bench", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "no-such-bench" in result.output and "Traceback" not in result.output
+
+
+def test_settings_come_from_the_model_then_the_bench_then_defaults(tmp_path):
+    (tmp_path / "vlm3.json").write_text(json.dumps({"task": "depth", "unify": True, "focal": 140, "size_multiple": 28, "resize_to": None, "n_coords": 1000, "packing": "multi_turn", "answer_style": "short", "depth_type": "z"}))
+    meta, source = model_meta(str(tmp_path))
+    assert source == str(tmp_path / "vlm3.json")
+    opts, sources = resolve_settings("depth", meta, {"focal": 1000, "depth_type": "range"})
+    assert (opts.focal, opts.size_multiple, opts.n_coords, opts.depth_type) == (140, 28, 1000, "z")
+    assert sources["focal"] == "model"
+    opts, sources = resolve_settings("depth", None, {"focal": 750})
+    assert (opts.focal, opts.n_coords, opts.depth_type, sources["focal"], sources["n_coords"]) == (750, 2000, "range", "bench", "default")
+    assert model_meta("http://127.0.0.1:1") == (None, None)
+    with pytest.raises(EvalError, match="no vlm3.json"):
+        model_meta("http://127.0.0.1:1", tmp_path / "nothing")
+
+
+# --- every task on synthetic data ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", ["depth", "pose", "correspondence", "object"])
+def test_synthetic_bench_runs_for_each_task(task, backend, cache, tmp_path):
+    bench = synth_bench(task, tmp_path)
+    out = tmp_path / "tiny"
+    result = run_eval(backend, bench, out, limit=2, limit_points=3, max_new_tokens=4, cache_dir=cache, progress=False)
+    m = result.metrics["metrics"]
+    assert m["n"] + m["skipped"] == result.n_queries and 0 <= m["failed"] <= m["n"] and m["parsed"] <= m["n"]
+    assert (out / "report.md").is_file() and any((out / "plots").glob("example_*.png"))
+
+    # The bench's own answers, parsed back, must score (near) perfectly: labels, coordinates and
+    # the mapping back to the original frames agree end to end.
+    oracle = run_eval(Oracle(bench, cache), bench, tmp_path / "oracle", limit=4, cache_dir=cache, progress=False, plots=False)
+    om = oracle.metrics["metrics"]
+    assert om["failed"] == 0 and om["n"] > 0
+    if task == "depth":
+        assert om["delta1"] == 1.0
+    elif task == "pose":
+        assert om["auc30"] > 0.95 and om["rra3"] == 1.0
+    elif task == "correspondence":
+        assert om["pck1"] == 1.0 and om["epe"] < 0.1  # original pixels
+    else:
+        assert om["qualitative_acc"] == 1.0 and om["direction_success"] == 1.0
+
+
+def test_malformed_answers_are_failures_not_crashes(cache, tmp_path):
+    bench = synth_bench("depth", tmp_path)
+    answers = ["", "<answer>", "1e999 m", "-3", "0", "(812, 430)", "about 2.5 meters", "\x00\ufffd", "1,234.5"]
+    result = run_eval(Scripted(answers), bench, tmp_path / "o", limit=3, limit_points=3, cache_dir=cache, progress=False)
+    m = result.metrics["metrics"]
+    assert m["n"] + m["skipped"] == 9 and m["failed"] >= 6 and m["parsed"] >= 2
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "Unparsed answers" in report
+
+    pose = synth_bench("pose", tmp_path)
+    result = run_eval(Scripted(["Yaw=+1.0°, Pitch=nope", "(1, 2, 3) Yaw=1 Pitch=2 Roll=3"]), pose, tmp_path / "p", limit=2, cache_dir=cache, progress=False, plots=False)
+    assert result.metrics["metrics"]["parsed"] == 1 and result.metrics["metrics"]["failed"] == 1
+
+
+def test_metrics_json_has_the_documented_keys(backend, cache, tmp_path):
+    bench = synth_bench("depth", tmp_path)
+    run_eval(backend, bench, tmp_path / "o", limit=1, limit_points=2, max_new_tokens=3, cache_dir=cache, progress=False)
+    doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert {"task", "metrics", "model", "bench", "settings", "settings_source", "prompt_template_hash", "questions_hash", "max_new_tokens", "versions", "run"} <= set(doc)
+    assert {"n", "parsed", "failed", "delta1", "abs_rel", "skipped"} <= set(doc["metrics"])
+    assert {"spec", "backend", "processor", "settings_from"} <= set(doc["model"])
+    assert {"min_pixels", "max_pixels", "patch_multiple", "images_resized", "effective_fx"} <= set(doc["model"]["processor"])
+    assert {"name", "samples", "samples_hash", "seed", "records", "limit", "limit_points"} <= set(doc["bench"])
+    assert {"vlm3", "torch", "transformers"} <= set(doc["versions"])
+    assert {"unify", "focal", "size_multiple", "n_coords", "depth_type"} <= set(doc["settings"])
+    assert {"seconds", "queries", "computed", "cached", "backend_calls", "queries_per_s"} <= set(doc["run"])
+    assert doc["bench"]["samples_hash"].startswith("sha256:") and doc["settings"]["focal"] == 140

@@ -1,0 +1,283 @@
+"""vlm3 predict: depth points and grids (depth map, point cloud), pose, matches, object questions."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vlm3.cli import app
+from vlm3.eval import predict as P
+from vlm3.geometry.camera import Intrinsics, project
+from vlm3.geometry.pose import make_T, ypr_to_rotation
+from vlm3.models.backend import Backend
+from vlm3.tasks.samples import SampleOptions
+from vlm3.textref import encode_pixels
+
+runner = CliRunner()
+POINT = re.compile(r"\(\d+, \d+\)")
+W, H = 120, 90
+K = Intrinsics(100.0, 104.0, 61.0, 44.5, W, H)
+SETTINGS = dict(focal=140.0, n_coords=2000)
+
+
+def question_text(request) -> str:
+    return request.messages[-1]["content"][-1]["text"]
+
+
+class DepthStub(Backend):
+    """Answers a depth question with 1 + (nx + ny) / 1000 metres, from the asked text coordinates."""
+
+    name = "depth-stub"
+
+    def generate(self, requests, max_new_tokens=64):
+        out = []
+        for r in requests:
+            nx, ny = map(int, re.search(r"\((\d+), (\d+)\)", question_text(r)).groups())
+            out.append(f"{1 + (nx + ny) / 1000:.2f}")
+        return out
+
+
+class EchoStub(Backend):
+    """Answers a correspondence question with the very text coordinates it was asked about."""
+
+    name = "echo-stub"
+
+    def generate(self, requests, max_new_tokens=64):
+        points = [POINT.search(question_text(r)).group(0) for r in requests]
+        return [f"The corresponding pixel is {p}." for p in points]
+
+
+class Fixed(Backend):
+    name = "fixed"
+
+    def __init__(self, text: str) -> None:
+        self.text, self.questions = text, []
+
+    def generate(self, requests, max_new_tokens=64):
+        self.questions += [question_text(r) for r in requests]
+        return [self.text for _ in requests]
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(0)
+    img = (rng.random((H, W, 3)) * 255).astype(np.uint8)
+    path = tmp_path_factory.mktemp("img") / "scene.png"
+    Image.fromarray(img).save(path)
+    return path
+
+
+# --- depth --------------------------------------------------------------------------------------
+
+
+def test_depth_grid_writes_png_and_a_ply_that_projects_back(image_path, tmp_path):
+    opts = P.predict_settings("depth", None, **SETTINGS)
+    pred = P.predict_depth(DepthStub(), image_path, K, grid=10, settings=opts)
+    assert pred.grid_shape == (9, 12) and pred.valid.all()
+    # The pixel asked about is the grid pixel mapped through the focal transform.
+    U = K.scaled(140 / K.fx, 140 / K.fy)
+    expected = encode_pixels(pred.uv * [140 / K.fx, 140 / K.fy], U.width, U.height, 2000)
+    np.testing.assert_array_equal(pred.coords, expected)
+    np.testing.assert_allclose(pred.depth, [float(f"{1 + v / 1000:.2f}") for v in expected.sum(axis=1)])
+
+    paths = P.write_depth_outputs(pred, image_path, tmp_path)
+    assert Image.open(paths["depth_map"]).size[0] > 500
+    import trimesh
+
+    cloud = trimesh.load(paths["ply"])
+    xyz = np.asarray(cloud.vertices)
+    assert xyz.shape == (108, 3) and np.all(xyz[:, 2] > 0)
+    uv, _ = project(K, xyz)
+    np.testing.assert_allclose(uv, pred.uv, atol=1e-3)  # every point lands on the pixel it came from
+    np.testing.assert_allclose(np.linalg.norm(xyz, axis=1), pred.depth, rtol=1e-5)  # range answers
+    colours = np.asarray(cloud.colors)[:, :3]
+    img = np.asarray(Image.open(image_path))
+    np.testing.assert_array_equal(colours, img[np.floor(pred.uv[:, 1]).astype(int), np.floor(pred.uv[:, 0]).astype(int)])
+
+    doc = json.loads(paths["points"].read_text())
+    first = doc["points"][0]
+    assert (first["x"], first["y"]) == (5.0, 5.0)  # grid starts stride // 2 in; integer = pixel centre
+    assert doc["depth_type"] == "range" and doc["valid"] == 108 and doc["grid"] == {"rows": 9, "cols": 12}
+    assert math.isclose(first["range_m"], first["depth_m"]) and first["z_m"] < first["range_m"]
+
+
+def test_depth_z_answers_and_points_outside_the_cropped_view(image_path):
+    # size_multiple 28 rounds the unified width 168 down to 168 and the height 121.2 to 112: the
+    # bottom rows leave the model's view and are reported, not asked.
+    opts = P.predict_settings("depth", None, focal=140.0, size_multiple=28, depth_type="z")
+    pts = np.array([[10.5, 10.5], [60.5, 88.5]])
+    pred = P.predict_depth(DepthStub(), image_path, K, points=pts, settings=opts)
+    assert pred.valid.tolist() == [True, False] and pred.raw[1] == "" and pred.coords[1].tolist() == [-1, -1]
+    assert math.isclose(pred.points_cam()[0, 2], pred.depth[0]) and np.isnan(pred.points_cam()[1]).all()
+    with pytest.raises(ValueError, match="outside the 120x90 image"):
+        P.predict_depth(DepthStub(), image_path, K, points=[[200, 5]], settings=opts)
+    with pytest.raises(ValueError, match="nothing to ask"):
+        P.predict_depth(DepthStub(), image_path, K, settings=opts)
+
+
+def test_tiny_model_answers_are_counted_not_crashing(image_path, tmp_path):
+    import torch
+
+    from vlm3.models.local import LocalBackend
+    from vlm3.models.tiny import build_tiny_model
+
+    torch.set_num_threads(1)
+    backend = LocalBackend.from_pretrained(build_tiny_model("qwen2_5_vl", tmp_path / "m"), batch_size=8)
+    opts = P.predict_settings("depth", None, focal=140.0, size_multiple=28)
+    pred = P.predict_depth(backend, image_path, K, grid=30, settings=opts, max_new_tokens=4)
+    assert len(pred.raw) == 12 and pred.parsed.sum() + (~pred.parsed).sum() == 12
+    paths = P.write_depth_outputs(pred, image_path, tmp_path / "o")
+    assert paths["depth_map"].is_file() and json.loads(paths["points"].read_text())["n"] == 12
+    pose = P.predict_pose(backend, image_path, image_path, K, settings=P.predict_settings("pose", None, focal=140.0), max_new_tokens=4)
+    assert pose.parsed in (True, False) and isinstance(pose.raw, str)
+
+
+# --- pose, matches, objects ---------------------------------------------------------------------
+
+
+def test_pose_answer_maps_to_T_cam2_from_cam1(image_path):
+    from vlm3.tasks.pose import pose_answer
+
+    R = ypr_to_rotation(20.0, -5.0, 2.0).T  # camera 2 turned 20 degrees right, looking down a little
+    c = np.array([0.6, 0.0, 0.8]) * 1.5  # ...and moved right and forward, 1.5 m
+    T = make_T(R, -R @ c)
+    result = P.predict_pose(Fixed(pose_answer(T, True)), image_path, image_path, K, settings=SampleOptions(task="pose", focal=140.0))
+    assert result.parsed and math.isclose(result.distance, 1.5)
+    assert (round(result.yaw, 1), round(result.pitch, 1), round(result.roll, 1)) == (20.0, -5.0, 2.0)
+    np.testing.assert_allclose(result.R, R, atol=1e-3)
+    np.testing.assert_allclose(result.t, T[:3, 3], atol=0.02)
+    np.testing.assert_allclose(result.direction, [0.6, 0.0, 0.8], atol=0.01)
+    failed = P.predict_pose(Fixed("no idea"), image_path, image_path, K, settings=SampleOptions(task="pose", focal=140.0))
+    assert not failed.parsed and failed.R is None and failed.to_dict()["raw"] == "no idea"
+
+
+def test_matches_come_back_in_the_second_images_own_pixels(image_path, tmp_path):
+    # Image 2 is image 1 at half size, with K scaled to match: both unify to the same image, so the
+    # matching pixel has the same text coordinates, and must map back to half the position.
+    img = np.asarray(Image.open(image_path))
+    small = np.asarray(Image.fromarray(img).resize((W // 2, H // 2), Image.BILINEAR))
+    K2 = K.scaled(0.5, 0.5, width=W // 2, height=H // 2)
+    pts = np.array([[10.5, 20.5], [100.5, 70.5], [60.0, 45.0]])
+    opts = P.predict_settings("correspondence", None, **SETTINGS)
+    pred = P.predict_match(EchoStub(), img, small, pts, K, K2, opts)
+    assert pred.parsed.all()
+    np.testing.assert_allclose(pred.uv2, pts * 0.5, atol=W / 2000)
+    path = P.plot_matches(pred, img, small, tmp_path / "m.png")
+    assert Image.open(path).size[0] > 500
+
+
+def test_object_questions_use_unified_boxes(image_path):
+    backend = Fixed("Correct, it is.")
+    opts = P.predict_settings("object", None, **SETTINGS)
+    answers = P.predict_object(backend, image_path, K, [[0, 0, 60, 45], [60, 45, 120, 90], [10, 10, 20, 20]], ask="above", settings=opts)
+    assert [a.boxes for a in answers] == [[0, 1], [0, 2]] and all(a.value is True for a in answers)
+    # The unified image is 168 x 121 px (fx, fy -> 140): y = 45 maps to 60.58 px = 1001 of 2000.
+    assert answers[0].question == "Is bounding box region (0, 0, 1000, 1001) above bounding box region (1000, 1001, 1999, 1999)?"
+    widths = P.predict_object(Fixed("It is 0.5 meters wide."), image_path, K, [[0, 0, 60, 45], [60, 45, 120, 90]], ask="width", settings=opts)
+    assert [a.value for a in widths] == [0.5, 0.5] and widths[1].boxes == [1]
+    free = P.predict_object(Fixed("3 o'clock"), image_path, K, [[0, 0, 60, 45], [60, 45, 120, 90]], question="Where is {B} seen from {A}?", kind="direction", settings=opts)
+    assert free[0].value == 3 and "{" not in free[0].question
+    with pytest.raises(ValueError, match=r"\{A\}, \{B\}"):
+        P.predict_object(backend, image_path, K, [[0, 0, 60, 45]], question="Is it big?", settings=opts)
+    with pytest.raises(ValueError, match="unknown question 'bigger'"):
+        P.predict_object(backend, image_path, K, [[0, 0, 60, 45], [1, 1, 5, 5]], ask="bigger", settings=opts)
+
+
+def test_intrinsics_guess_and_cli_conventions():
+    guess = P.estimate_intrinsics(640, 480)
+    assert math.isclose(guess.fx, 320 / math.tan(math.radians(30))) and (guess.cx, guess.cy) == (320, 240)
+    K1, estimated = P.resolve_cli_intrinsics(640, 480, 500.0)
+    assert not estimated and (K1.fx, K1.fy, K1.cx, K1.cy) == (500.0, 500.0, 320.0, 240.0)
+    K2, _ = P.resolve_cli_intrinsics(640, 480, 500.0, 510.0, 319.5, 239.5)
+    assert (K2.fy, K2.cx, K2.cy) == (510.0, 320.0, 240.0)  # OpenCV principal point +0.5
+    np.testing.assert_array_equal(P.parse_cli_points(["1,2 3,4", "5.5,6;7,8"]), [[1, 2], [3, 4], [5.5, 6], [7, 8]])
+    with pytest.raises(ValueError, match="intrinsics are required"):
+        P.resolve_cli_intrinsics(640, 480, None)
+    with pytest.raises(ValueError, match="not both"):
+        P.resolve_cli_intrinsics(640, 480, 500.0, estimate=True)
+    with pytest.raises(ValueError, match="must be x,y"):
+        P.parse_cli_points(["12"])
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def stubbed(monkeypatch):
+    """Route every --model to a stub backend chosen by its name (no model is loaded)."""
+    from vlm3.tasks.pose import pose_answer
+
+    stubs = {
+        "depth-stub": DepthStub(),
+        "echo-stub": EchoStub(),
+        "pose-stub": Fixed(pose_answer(make_T(np.eye(3), [0.0, 0.0, -1.0]), True)),
+        "object-stub": Fixed("No, it is not."),
+    }
+    monkeypatch.setattr("vlm3.eval.run.open_backend", lambda spec, *a, **k: stubs[spec])
+    return stubs
+
+
+def test_cli_predict_depth_grid_and_points(stubbed, image_path, tmp_path):
+    out = tmp_path / "grid"
+    result = runner.invoke(app, ["predict", "depth", str(image_path), "--model", "depth-stub", "--fx", "100", "--fy", "104", "--cx", "60.5", "--cy", "44", "--grid", "15", "--focal", "140", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == {"points.json", "points.ply", "depth_map.png"}
+    doc = json.loads((out / "points.json").read_text())
+    assert doc["intrinsics"]["cx"] == 60.5 and doc["settings"]["focal"] == 140.0 and doc["valid"] == 48
+
+    import trimesh
+
+    xyz = np.asarray(trimesh.load(out / "points.ply").vertices)
+    uv, _ = project(K, xyz)  # the same camera as --fx 100 --fy 104 --cx 60.5 --cy 44
+    np.testing.assert_allclose(uv - 0.5, [[p["x"], p["y"]] for p in doc["points"]], atol=1e-3)
+
+    result = runner.invoke(app, ["predict", "depth", str(image_path), "--model", "depth-stub", "--estimate-intrinsics", "--points", "3,4 100,80", "--out", str(tmp_path / "pts")])
+    assert result.exit_code == 0, result.output
+    assert "intrinsics guessed" in result.output and "60 degree" in result.output
+    doc = json.loads((tmp_path / "pts" / "points.json").read_text())
+    assert [(p["x"], p["y"]) for p in doc["points"]] == [(3.0, 4.0), (100.0, 80.0)] and doc["intrinsics_estimated"]
+
+
+def test_cli_predict_pose_match_object(stubbed, image_path, tmp_path):
+    result = runner.invoke(app, ["predict", "pose", str(image_path), str(image_path), "--model", "pose-stub", "--fx", "100", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "pose.json").read_text())
+    assert doc["parsed"] and doc["distance_m"] == 1.0 and doc["direction"] == [0.0, 0.0, 1.0] and doc["yaw_deg"] == 0.0
+
+    result = runner.invoke(app, ["predict", "match", str(image_path), str(image_path), "--model", "echo-stub", "--fx", "100", "--points", "10,20", "--points", "50,60", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    matches = json.loads((tmp_path / "matches.json").read_text())["matches"]
+    assert [(round(m["x2"]), round(m["y2"])) for m in matches] == [(10, 20), (50, 60)] and (tmp_path / "matches.png").is_file()
+
+    result = runner.invoke(app, ["predict", "object", str(image_path), "--model", "object-stub", "--fx", "100", "--box", "0,0,50,40", "--box", "60,40,119,89", "--ask", "behind"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)["answers"][0]
+    assert answer["value"] is False and answer["boxes"] == ["A", "B"] and answer["kind"] == "qualitative"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["depth", "{img}", "--grid", "10", "--out", "{out}"], "intrinsics are required"),
+        (["depth", "{img}", "--grid", "10", "--fx", "100", "--estimate-intrinsics", "--out", "{out}"], "not both"),
+        (["depth", "{img}", "--fx", "100", "--out", "{out}"], "nothing to ask"),
+        (["depth", "{img}", "--fx", "100", "--points", "1;2", "--out", "{out}"], "must be x,y"),
+        (["depth", "{img}", "--fx", "100", "--points", "500,2", "--out", "{out}"], "outside the 120x90 image"),
+        (["depth", "{out}/missing.png", "--fx", "100", "--grid", "8", "--out", "{out}"], "does not exist"),
+        (["depth", "{img}", "--fx", "-3", "--grid", "8", "--out", "{out}"], "must be a positive number"),
+        (["object", "{img}", "--fx", "100", "--box", "1,2,3", "--ask", "above"], "x_min,y_min,x_max,y_max"),
+        (["object", "{img}", "--fx", "100", "--box", "1,2,3,4"], "exactly one of --question"),
+    ],
+)
+def test_cli_errors_are_one_clean_line(stubbed, image_path, tmp_path, args, message):
+    args = [a.format(img=image_path, out=tmp_path) for a in args]
+    result = runner.invoke(app, ["predict", *args, "--model", "depth-stub"])
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output
