@@ -74,6 +74,18 @@ def plot_loss(csv_path: str | Path, png_path: str | Path) -> None:
     plt.close(fig)
 
 
+def rank0_decides(flag: bool, device: Any = "cpu") -> bool:
+    """``flag`` as rank 0 sees it, on every rank (``flag`` itself outside distributed runs)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
 class TimeLimit(TrainerCallback):
     """Stops (and saves) after ``max_minutes`` of training; writes vlm3 metadata into checkpoints."""
 
@@ -86,7 +98,11 @@ class TimeLimit(TrainerCallback):
         self._start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.max_seconds is not None and time.perf_counter() - self._start >= self.max_seconds:
+        if self.max_seconds is None:
+            return
+        # Ranks must stop at the same step (one rank waiting in a collective for the others would
+        # hang), so rank 0's clock decides for all.
+        if rank0_decides(time.perf_counter() - self._start >= self.max_seconds, args.device):
             control.should_training_stop = True
             control.should_save = True
 

@@ -88,7 +88,9 @@ class TrainConfig:
     max_length: int | None = None
     dataloader_num_workers: int = 0
     report_to: list[str] | str = "none"
-    fsdp: str = ""  # e.g. "hybrid_shard auto_wrap" (set by accelerate config on clusters)
+    # transformers' own FSDP switch (deprecated string form, FSDP2: "full_shard auto_wrap" only). Clusters
+    # leave it empty and launch with an accelerate config: configs/accelerate/fsdp-hybrid.yaml.
+    fsdp: str = ""
     seed: int = 0
 
 

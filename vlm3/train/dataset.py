@@ -8,10 +8,18 @@ Trainer machinery gives the rest: DDP ranks read disjoint rows, and resuming fro
 skips consumed batches at the index level without decoding them, so a killed run continues with
 the same data order. Per-sample randomness (which labelled points a sample packs) is seeded by
 (seed, draw), so a row always becomes the same sample.
+
+Setting the environment variable ``VLM3_LOG_ROWS=DIR`` makes every rank append one line
+``RANK DRAW`` per plan row its data loader builds during training to ``DIR/rows.rank{RANK}.txt``:
+an opt-in audit of which draws each rank trained on (used by the distributed and resume tests).
+The log starts when training starts (``SampleBuilder.log_dir`` is set then), so rows built
+earlier for checks are not in it. The data loader builds one batch ahead of the step being
+trained, so a run that is killed can log rows it never trained on.
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +31,8 @@ from vlm3.data.io import image_root, read_manifest, read_records
 from vlm3.data.mixture import MixtureSampler, mixture_probs
 from vlm3.data.records import Record
 from vlm3.tasks.samples import SampleOptions, build_sample, load_images
+
+LOG_ROWS_ENV = "VLM3_LOG_ROWS"  # opt-in row audit (see module doc)
 
 
 @dataclass
@@ -97,6 +107,7 @@ class SampleBuilder:
         self._cache: OrderedDict[tuple[int, int], list[np.ndarray]] = OrderedDict()
         self._cache_size = cache_size
         self.failures = 0
+        self.log_dir: str | None = None  # append "RANK DRAW" lines here (the VLM3_LOG_ROWS audit)
 
     def _images(self, d: int, i: int) -> list[np.ndarray]:
         key = (d, i)
@@ -126,15 +137,44 @@ class SampleBuilder:
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         """``datasets`` transform: a batch of plan rows -> a batch of examples."""
+        if self.log_dir:
+            log_rows(self.log_dir, batch["draw"])
         examples = [self.example(d, i, g) for d, i, g in zip(batch["dataset"], batch["index"], batch["draw"])]
         keys = examples[0].keys()
         return {k: [ex[k] for ex in examples] for k in keys}
 
 
-def training_dataset(datasets: list[LoadedDataset], probs: dict[str, float], opts: SampleOptions, n_rows: int, seed: int):
-    """A ``datasets.Dataset`` of ``n_rows`` plan rows whose rows read as TRL examples."""
+def log_rows(folder: str | Path, draws: list[int]) -> None:
+    """Append ``RANK DRAW`` lines for ``draws`` to ``folder/rows.rank{RANK}.txt`` (see module doc)."""
+    rank = int(os.environ.get("RANK", "0"))
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    # One write per batch in append mode: loader workers of the same rank never interleave lines.
+    with open(path / f"rows.rank{rank}.txt", "a") as f:
+        f.write("".join(f"{rank} {int(g)}\n" for g in draws))
+
+
+def read_row_log(folder: str | Path) -> dict[int, list[int]]:
+    """Draws logged per rank by ``VLM3_LOG_ROWS``, in the order they were built."""
+    out: dict[int, list[int]] = {}
+    for path in sorted(Path(folder).glob("rows.rank*.txt")):
+        for line in path.read_text().splitlines():
+            rank, draw = line.split()
+            out.setdefault(int(rank), []).append(int(draw))
+    return out
+
+
+def training_dataset(
+    datasets: list[LoadedDataset],
+    probs: dict[str, float],
+    opts: SampleOptions,
+    n_rows: int,
+    seed: int,
+    builder: SampleBuilder | None = None,
+):
+    """A ``datasets.Dataset`` of ``n_rows`` plan rows whose rows read as TRL examples (built by ``builder``)."""
     import datasets as hf
 
     plan = hf.Dataset.from_dict(make_plan(datasets, probs, n_rows, seed))
-    plan.set_transform(SampleBuilder(datasets, opts, seed))
+    plan.set_transform(builder or SampleBuilder(datasets, opts, seed))
     return plan

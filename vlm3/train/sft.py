@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from vlm3.train.callbacks import LossLogger, PeriodicEval, TimeLimit
+from vlm3.train.callbacks import LossLogger, PeriodicEval, RowLog, TimeLimit
 from vlm3.train.config import Config, ConfigError
 from vlm3.train.dataset import LoadedDataset, SampleBuilder, dataset_probs, load_datasets, training_dataset
 
@@ -114,7 +114,7 @@ class LengthGuard:
     ``train.max_length`` instead.
     """
 
-    def __init__(self, collator, max_length: int) -> None:
+    def __init__(self, collator: Callable[[list[dict]], dict], max_length: int) -> None:
         self.collator = collator
         self.max_length = max_length
         if hasattr(collator, "max_length"):
@@ -182,10 +182,13 @@ def train(
 
     # Data first: reading labels is cheap, so a wrong path fails before the model is loaded.
     try:
-        datasets: list[LoadedDataset] = load_datasets(cfg.data.datasets, cfg.data.task)
-        probs = dataset_probs(datasets, cfg.data.mixture)
+        datasets: list[LoadedDataset] = load_datasets(cfg.data.datasets, cfg.data.task)  # errors name the entry
     except (OSError, ValueError) as e:
-        raise ConfigError(f"data: {e}") from e
+        raise ConfigError(str(e)) from e
+    try:
+        probs = dataset_probs(datasets, cfg.data.mixture)
+    except ValueError as e:
+        raise ConfigError(f"data.mixture: {e}") from e
     try:
         model, processor = load_model_and_processor(
             m.name_or_path, dtype=m.dtype, min_pixels=m.min_pixels, max_pixels=m.max_pixels, attn_implementation=m.attn_implementation
@@ -198,12 +201,9 @@ def train(
     if is_main and not quiet:
         mixture_table({d.name: len(d.records) for d in datasets}, probs, draws=n_rows, title="training mixture", console=console)
 
-    train_ds = training_dataset(datasets, probs, opts, n_rows, cfg.data.seed)
-    # Checked on samples built outside the dataset's transform, so the optional row log
-    # (VLM3_LOG_ROWS) records only rows the trainer asked for.
-    preview = SampleBuilder(datasets, opts, cfg.data.seed)
-    rows = train_ds.with_format(None)[: min(4, n_rows)]
-    examples = [preview.example(d, i, g) for d, i, g in zip(rows["dataset"], rows["index"], rows["draw"])]
+    builder = SampleBuilder(datasets, opts, cfg.data.seed)
+    train_ds = training_dataset(datasets, probs, opts, n_rows, cfg.data.seed, builder=builder)
+    examples = [train_ds[i] for i in range(min(4, n_rows))]
     try:
         budget = check_token_budget(processor, examples, t.max_length, cfg.data.focal)
     except ValueError as e:
@@ -247,15 +247,19 @@ def train(
         assistant_only_loss=multi_turn,
         completion_only_loss=None if multi_turn else True,
         fsdp=t.fsdp,
+        # Every vlm3 sample has images, so every parameter gets a gradient: DDP needs no search
+        # for unused parameters (TRL turns it on for VLMs in case of text-only batches).
+        ddp_find_unused_parameters=False,
         use_cpu=use_cpu,
         ddp_backend="gloo" if use_cpu and world_size() > 1 else None,
         disable_tqdm=quiet,
         log_level="warning",
     )
     settings = sample_settings(cfg, multiple)
-    callbacks = [LossLogger(out, is_main), TimeLimit(t.max_minutes, settings, cfg.to_dict())]
-    if eval_fn is not None and t.eval_every_minutes:
-        callbacks.append(PeriodicEval(eval_fn, processor, t.eval_every_minutes))
+    callbacks = [LossLogger(out, is_main), TimeLimit(t.max_minutes, settings, cfg.to_dict()), RowLog(builder)]
+    periodic = eval_fn is not None and (t.eval_every_minutes or t.eval_every_steps)
+    if periodic:
+        callbacks.append(PeriodicEval(eval_fn, processor, t.eval_every_minutes, t.eval_every_steps))
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=processor, peft_config=peft_config, callbacks=callbacks)
     if t.max_length is not None:
         trainer.data_collator = LengthGuard(trainer.data_collator, t.max_length)
@@ -274,7 +278,7 @@ def train(
     if is_main:
         processor.save_pretrained(str(final))
         write_meta(final, settings, cfg.to_dict())
-    if eval_fn is not None and t.eval_every_minutes:
+    if periodic:
         callbacks[-1].final(trainer.model, trainer.state.global_step)
     trainer.accelerator.wait_for_everyone()  # final/ is complete when any rank returns
     return TrainResult(out, final, trainer.state.global_step, seconds, last)
