@@ -7,6 +7,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -234,3 +235,23 @@ def test_cli_bad_configs_fail_cleanly(tmp_path, text, match):
 def test_cli_missing_config():
     res = runner.invoke(app, ["mixture", "no/such.yaml"])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_take_equals_next_sequence() -> None:
+    """The vectorised plan draw is the same sequence as the iterator, also across epochs and resumes."""
+    from vlm3.data.mixture import MixtureSampler, permute_index, permute_indices
+
+    sizes = {"big": 1000, "small": 7, "one": 1, "mid": 130}
+    probs = {"big": 0.5, "small": 0.2, "one": 0.05, "mid": 0.25}
+    it = MixtureSampler(sizes, probs, seed=5)
+    expected = [next(it) for _ in range(9000)]
+    vec = MixtureSampler(sizes, probs, seed=5)
+    choice, index = vec.take(4000)
+    c2, i2 = vec.take(5000)  # continues where the first call stopped
+    got = [(vec.names[c], int(i)) for c, i in zip(list(choice) + list(c2), list(index) + list(i2))]
+    assert got == expected
+    assert vec.state_dict() == it.state_dict()
+    keys = np.arange(50, dtype=np.uint64) * np.uint64(977)
+    assert permute_indices(np.arange(50) % 37, 37, keys).tolist() == [permute_index(i % 37, 37, int(k)) for i, k in enumerate(keys)]
+    with pytest.raises(MixtureError, match="world_size=1"):
+        MixtureSampler(sizes, probs, seed=5, rank=0, world_size=2).take(3)

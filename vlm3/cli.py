@@ -447,6 +447,21 @@ def predict_depth_command(
     typer.echo(f"{int(pred.valid.sum())} of {len(pred.depth)} depths parsed ({pred.depth_type}, metres); wrote " + ", ".join(str(p) for p in paths.values()))
 
 
+def _pair_intrinsics(err, a, b, k1: tuple, k2: tuple, estimate: bool, hfov: float):
+    """Intrinsics of both images from the CLI flags; image 2 defaults to image 1's focal lengths."""
+    from vlm3.eval import predict as P
+
+    fx, fy, cx, cy = k1
+    fx2, fy2, cx2, cy2 = k2
+    K1, estimated = P.resolve_cli_intrinsics(a.shape[1], a.shape[0], fx, fy, cx, cy, estimate=estimate, hfov_deg=hfov)
+    if fx2 is None and not estimated:
+        fx2, fy2 = fx, (fy if fy2 is None else fy2)
+    K2, _ = P.resolve_cli_intrinsics(b.shape[1], b.shape[0], fx2, fy2, cx2, cy2, estimate=estimate, hfov_deg=hfov, which="2")
+    if estimated:
+        _predict_warn_estimate(err, K1, hfov)
+    return K1, K2, estimated
+
+
 @predict_app.command("pose")
 def predict_pose_command(
     image1: str = typer.Argument(..., help="First image (camera 1)."),
@@ -472,12 +487,7 @@ def predict_pose_command(
     err = Console(stderr=True)
     try:
         a, b = P.load_image(image1), P.load_image(image2)
-        K1, estimated = P.resolve_cli_intrinsics(a.shape[1], a.shape[0], fx, fy, cx, cy, estimate=estimate_intrinsics, hfov_deg=hfov)
-        if fx2 is None and not estimated:
-            fx2, fy2 = fx, fy if fy2 is None else fy2
-        K2, _ = P.resolve_cli_intrinsics(b.shape[1], b.shape[0], fx2, fy2, cx2, cy2, estimate=estimate_intrinsics, hfov_deg=hfov, which="2")
-        if estimated:
-            _predict_warn_estimate(err, K1, hfov)
+        K1, K2, estimated = _pair_intrinsics(err, a, b, (fx, fy, cx, cy), (fx2, fy2, cx2, cy2), estimate_intrinsics, hfov)
         backend, settings, source = P.open_for_predict(model, "pose", meta=meta, device=device, focal=focal)
         result = P.predict_pose(backend, a, b, K1, K2, settings, max_new_tokens=max_new_tokens)
         _predict_warn_processor(err, result.processor)
@@ -519,12 +529,7 @@ def predict_match_command(
     err = Console(stderr=True)
     try:
         a, b = P.load_image(image1), P.load_image(image2)
-        K1, estimated = P.resolve_cli_intrinsics(a.shape[1], a.shape[0], fx, fy, cx, cy, estimate=estimate_intrinsics, hfov_deg=hfov)
-        if fx2 is None and not estimated:
-            fx2, fy2 = fx, fy if fy2 is None else fy2
-        K2, _ = P.resolve_cli_intrinsics(b.shape[1], b.shape[0], fx2, fy2, cx2, cy2, estimate=estimate_intrinsics, hfov_deg=hfov, which="2")
-        if estimated:
-            _predict_warn_estimate(err, K1, hfov)
+        K1, K2, estimated = _pair_intrinsics(err, a, b, (fx, fy, cx, cy), (fx2, fy2, cx2, cy2), estimate_intrinsics, hfov)
         pts = P.from_cli_pixels(P.parse_cli_points(points))
         backend, settings, source = P.open_for_predict(model, "correspondence", meta=meta, batch_size=batch_size, device=device, focal=focal, n_coords=n_coords)
         pred = P.predict_match(backend, a, b, pts, K1, K2, settings, max_new_tokens=max_new_tokens)

@@ -84,17 +84,13 @@ def dataset_probs(datasets: list[LoadedDataset], policy: str) -> dict[str, float
     return mixture_probs(sizes, policy, overrides)
 
 
-def make_plan(datasets: list[LoadedDataset], probs: dict[str, float], n_rows: int, seed: int) -> dict[str, list]:
+def make_plan(datasets: list[LoadedDataset], probs: dict[str, float], n_rows: int, seed: int) -> dict[str, np.ndarray]:
     """The first ``n_rows`` mixture draws as columns ``dataset`` (position in ``datasets``), ``index``, ``draw``."""
     sampler = MixtureSampler({d.name: len(d.records) for d in datasets}, probs, seed=seed)
-    position = {d.name: i for i, d in enumerate(datasets)}
-    cols: dict[str, list] = {"dataset": [], "index": [], "draw": []}
-    for g in range(n_rows):
-        name, index = next(sampler)
-        cols["dataset"].append(position[name])
-        cols["index"].append(int(index))
-        cols["draw"].append(g)
-    return cols
+    choice, index = sampler.take(n_rows)
+    # The sampler orders datasets by name; map back to positions in ``datasets``.
+    position = np.array([next(i for i, d in enumerate(datasets) if d.name == name) for name in sampler.names], dtype=np.int64)
+    return {"dataset": position[choice], "index": index, "draw": np.arange(n_rows, dtype=np.int64)}
 
 
 class SampleBuilder:
