@@ -52,6 +52,8 @@ def run_family(family: str, args: argparse.Namespace, model_dir: Path, out: Path
 
     result = {"family": family, "arms": {}}
     for arm, overrides in ARMS.items():
+        if args.arms != "both" and not arm.startswith({"recipe": "recipe", "no_unify": "no unification"}[args.arms]):
+            continue
         tag = "recipe" if arm.startswith("recipe") else "no_unify"
         cfg = load_config(
             ROOT / "configs" / "tiny-cpu.yaml",
@@ -63,6 +65,7 @@ def run_family(family: str, args: argparse.Namespace, model_dir: Path, out: Path
                 f"train.eval_every_minutes={args.every}",
                 f"train.max_steps={args.max_steps}",
                 f"train.save_steps={args.max_steps}",
+                *args.set,
                 f"train.seed={args.seed}",
                 f"data.seed={args.seed}",
                 *overrides,
@@ -70,7 +73,7 @@ def run_family(family: str, args: argparse.Namespace, model_dir: Path, out: Path
         )
         opts = SampleOptions.from_data_config(cfg.data, size_multiple=28)
         heldout = build_heldout(test_dir, opts, max_points=args.test_points)
-        lookups = DepthLookups(training_items(train_dir, opts, limit=args.lookup_records))
+        lookups = DepthLookups(training_items(train_dir, opts, limit=args.lookup_records), n_coords=opts.n_coords)
         baselines = {name: m["delta1"] for name, m in lookup_metrics(lookups, heldout).items()}
         console.print(f"[bold]{family} / {arm}[/bold]: {len(heldout.gt)} held-out points; lookups " + ", ".join(f"{k} {v:.2f}" for k, v in baselines.items()))
         curve = Curve(arm)
@@ -125,14 +128,16 @@ def plot(results: list[dict], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", choices=["fixed_rig", "random_rig", "both"], default="both")
+    p.add_argument("--arms", choices=["both", "recipe", "no_unify"], default="both")
     p.add_argument("--minutes", type=float, default=5.0, help="training wall-clock per run")
     p.add_argument("--every", type=float, default=1.0, help="evaluate every this many training minutes")
-    p.add_argument("--max-steps", type=int, default=750, help="length of the cosine schedule (about 5 min at 0.4 s/step)")
+    p.add_argument("--max-steps", type=int, default=300, help="length of the cosine schedule (about 5 min at 1 s/step on 2 cores)")
     p.add_argument("--train-scenes", type=int, default=4000)
     p.add_argument("--test-scenes", type=int, default=60)
     p.add_argument("--test-points", type=int, default=5)
     p.add_argument("--lookup-records", type=int, default=2000, help="training records the lookups are fitted on")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], help="extra config override, e.g. train.learning_rate=2e-3")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "learn_depth")
     args = p.parse_args()
 

@@ -19,7 +19,7 @@ from vlm3.eval.bench import BenchError, bench_dir, bench_from_dict, load_bench, 
 from vlm3.eval.run import EvalError, model_meta, read_predictions, run_eval
 from vlm3.models.backend import Backend
 
-IBIMS = Path("/work/shared/data/ibims1")
+IBIMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ibims1"
 runner = CliRunner()
 
 

@@ -236,7 +236,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         items = []
         for p in (paths["fixed_rig"], paths["random_rig"]):
             items += build_heldout(p, opts, limit=1500).items
-        lookups = DepthLookups(items)
+        lookups = DepthLookups(items, n_coords=opts.n_coords)
         results["baselines"][key] = {set_name: {n: m for n, m in lookup_metrics(lookups, h).items()} for set_name, h in heldouts[key].items()}
 
     results["total_seconds"] = round(time.perf_counter() - t0, 1)

@@ -42,9 +42,14 @@ class DepthLookups:
 
     NAMES = ("constant median", "row-only", "row + image size")
 
-    def __init__(self, train: Sequence[DepthItem], n_coords: int = 2000, bins: int = 40) -> None:
+    def __init__(self, train: Sequence[DepthItem], n_coords: int, bins: int = 40) -> None:
+        # n_coords has no default on purpose: binning rows of [0, 100) as if they were [0, 2000)
+        # would silently collapse the row lookups into two bins and flatter the model beside them.
         if not train:
             raise ValueError("depth lookups need at least one training item")
+        top = max(it.ny for it in train)
+        if top >= n_coords:
+            raise ValueError(f"text row {top} is outside [0, n_coords={n_coords}): lookups need the coordinate range used")
         self.n_coords, self.bins = n_coords, bins
         depths = np.array([it.depth for it in train])
         self.median = float(np.median(depths))

@@ -7,7 +7,7 @@ A bench config::
     data:                             # exactly one of records / prepare / synth
       prepare:                        # converted once with `vlm3 prepare` into a cache folder
         adapter: depthlm-jsonl
-        root: ${VLM3_IBIMS1:-/work/shared/data/ibims1}   # env vars, relative to this file
+        root: ${VLM3_IBIMS1:-../../../shared/data/ibims1}   # env vars; relative to this file
         options: {depth_type: z}
       # records: path/to/prepared     # a folder written by `vlm3 prepare` / `vlm3 synth`
       # synth: {family: fixed_rig, scenes: 16, seed: 1000, points: 10, matches: 20}

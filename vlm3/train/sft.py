@@ -21,6 +21,7 @@ import yaml
 from rich.console import Console
 
 from vlm3.train.callbacks import LossLogger, PeriodicEval, RowLog, TimeLimit
+from vlm3.train.collator import ChatMLCollator, is_chatml
 from vlm3.train.config import Config, ConfigError
 from vlm3.train.dataset import LoadedDataset, SampleBuilder, dataset_probs, load_datasets, training_dataset
 
@@ -260,7 +261,11 @@ def train(
     periodic = eval_fn is not None and (t.eval_every_minutes or t.eval_every_steps)
     if periodic:
         callbacks.append(PeriodicEval(eval_fn, processor, t.eval_every_minutes, t.eval_every_steps))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=processor, peft_config=peft_config, callbacks=callbacks)
+    collator = None
+    if multi_turn and is_chatml(processor):
+        collator = ChatMLCollator(processor)  # same labels as TRL's, without its per-token Python loop
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=processor, peft_config=peft_config,
+                         callbacks=callbacks, data_collator=collator)
     if t.max_length is not None:
         trainer.data_collator = LengthGuard(trainer.data_collator, t.max_length)
 
