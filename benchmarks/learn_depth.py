@@ -28,7 +28,7 @@ from rich.table import Table
 
 from vlm3.data.synth import generate, get_family
 from vlm3.eval.baselines import DepthLookups
-from vlm3.eval.heldout import Curve, build_heldout, lookup_metrics, make_eval_fn, training_items
+from vlm3.eval.heldout import Curve, build_heldout, common_points, lookup_metrics, make_eval_fn, training_items
 from vlm3.models.tiny import build_tiny_model
 from vlm3.tasks.samples import SampleOptions
 from vlm3.train.config import load_config
@@ -51,11 +51,11 @@ def run_family(family: str, args: argparse.Namespace, model_dir: Path, out: Path
         generate(get_family(family), args.test_scenes, test_dir, seed=args.seed + 10_000, tasks=("depth",), points=args.test_points, overwrite=True, progress=False, dataset_name=family, split="test")
 
     result = {"family": family, "arms": {}}
-    for arm, overrides in ARMS.items():
-        if args.arms != "both" and not arm.startswith({"recipe": "recipe", "no_unify": "no unification"}[args.arms]):
-            continue
+    arms = {a: o for a, o in ARMS.items() if args.arms == "both" or a.startswith({"recipe": "recipe", "no_unify": "no unification"}[args.arms])}
+    configs, heldouts, lookups = {}, {}, {}
+    for arm, overrides in arms.items():
         tag = "recipe" if arm.startswith("recipe") else "no_unify"
-        cfg = load_config(
+        configs[arm] = load_config(
             ROOT / "configs" / "tiny-cpu.yaml",
             [
                 f"model.name_or_path={model_dir}",
@@ -65,21 +65,26 @@ def run_family(family: str, args: argparse.Namespace, model_dir: Path, out: Path
                 f"train.eval_every_minutes={args.every}",
                 f"train.max_steps={args.max_steps}",
                 f"train.save_steps={args.max_steps}",
-                *args.set,
                 f"train.seed={args.seed}",
                 f"data.seed={args.seed}",
+                *args.set,
                 *overrides,
             ],
         )
-        opts = SampleOptions.from_data_config(cfg.data, size_multiple=28)
-        heldout = build_heldout(test_dir, opts, max_points=args.test_points)
-        lookups = DepthLookups(training_items(train_dir, opts, limit=args.lookup_records), n_coords=opts.n_coords)
-        baselines = {name: m["delta1"] for name, m in lookup_metrics(lookups, heldout).items()}
+        opts = SampleOptions.from_data_config(configs[arm].data, size_multiple=28)
+        heldouts[arm] = build_heldout(test_dir, opts, max_points=args.test_points)
+        lookups[arm] = DepthLookups(training_items(train_dir, opts, limit=args.lookup_records), n_coords=opts.n_coords)
+    # Every arm is scored on the same labelled points.
+    heldouts = dict(zip(heldouts, common_points(list(heldouts.values()))))
+
+    for arm, cfg in configs.items():
+        heldout = heldouts[arm]
+        baselines = {name: m["delta1"] for name, m in lookup_metrics(lookups[arm], heldout).items()}
         console.print(f"[bold]{family} / {arm}[/bold]: {len(heldout.gt)} held-out points; lookups " + ", ".join(f"{k} {v:.2f}" for k, v in baselines.items()))
         curve = Curve(arm)
         start = time.perf_counter()
         train(cfg, resume=False, eval_fn=make_eval_fn(heldout, curve, log=console.print), quiet=True)
-        result["arms"][arm] = {"curve": curve.points, "lookups": baselines, "wall_seconds": round(time.perf_counter() - start, 1)}
+        result["arms"][arm] = {"curve": curve.points, "lookups": baselines, "points": len(heldout.gt), "wall_seconds": round(time.perf_counter() - start, 1)}
     return result
 
 
@@ -131,7 +136,7 @@ def main() -> None:
     p.add_argument("--arms", choices=["both", "recipe", "no_unify"], default="both")
     p.add_argument("--minutes", type=float, default=5.0, help="training wall-clock per run")
     p.add_argument("--every", type=float, default=1.0, help="evaluate every this many training minutes")
-    p.add_argument("--max-steps", type=int, default=300, help="length of the cosine schedule (about 5 min at 1 s/step on 2 cores)")
+    p.add_argument("--max-steps", type=int, default=350, help="length of the cosine schedule (about 5 min on 2 cores)")
     p.add_argument("--train-scenes", type=int, default=4000)
     p.add_argument("--test-scenes", type=int, default=60)
     p.add_argument("--test-points", type=int, default=5)

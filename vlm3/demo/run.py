@@ -28,7 +28,7 @@ from rich.console import Console
 from vlm3.data.io import image_root, read_records
 from vlm3.data.synth import generate, get_family
 from vlm3.eval.baselines import DepthLookups, identity_pose_direction
-from vlm3.eval.heldout import Curve, HeldOut, build_heldout, evaluate_depth, lookup_metrics
+from vlm3.eval.heldout import Curve, HeldOut, build_heldout, common_points, evaluate_depth, lookup_metrics
 from vlm3.tasks.pose import PosePrediction, parse_pose, pose_metrics
 from vlm3.tasks.samples import SampleOptions, build_sample, load_images
 
@@ -47,10 +47,10 @@ class DemoConfig:
     random_train: int = 400  # scenes of the small randomised-rig dataset (depth + pose)
     test_scenes: int = 60
     test_points: int = 5
-    steps: int = 600  # arms (a) and (b)
-    eval_every: int = 100
-    mixture_steps: int = 300  # arm (c); 0 skips it
-    pose_steps: int = 250  # arm (d); 0 skips it
+    steps: int = 300  # arms (a) and (b): about 4-5 min each on 2 cores
+    eval_every: int = 50
+    mixture_steps: int = 150  # arm (c); 0 skips it
+    pose_steps: int = 150  # arm (d); 0 skips it
     batch_size: int = 16
     learning_rate: float = 1.5e-3
     ibims_images: int = 20
@@ -82,7 +82,7 @@ def _train_config(cfg: DemoConfig, model_dir: str, datasets: list[str], task: st
     data = {
         "model": {"name_or_path": model_dir, "dtype": "float32", "min_pixels": 3136, "max_pixels": 50176},
         "data": {"task": task, "datasets": [{"path": d} for d in datasets], "mixture": "size", "unify": True, "focal": 140.0,
-                 "size_multiple": 28, "points_per_sample": 10, "packing": "multi_turn", "answer_style": "short",
+                 "size_multiple": 28, "n_coords": 100, "points_per_sample": 10, "packing": "multi_turn", "answer_style": "short",
                  "depth_type": "range", "seed": cfg.seed},
         "train": {"output_dir": str(out), "max_steps": steps, "per_device_batch_size": cfg.batch_size,
                   "learning_rate": cfg.learning_rate, "warmup_ratio": 0.1, "max_grad_norm": 1.0,
@@ -90,7 +90,7 @@ def _train_config(cfg: DemoConfig, model_dir: str, datasets: list[str], task: st
     }
     if cfg.model is not None:  # a real pretrained VLM: its own pixel budget and a fine-tuning learning rate
         data["model"].update(name_or_path=cfg.model, dtype="auto", min_pixels=None, max_pixels=None)
-        data["data"].update(size_multiple=None)
+        data["data"].update(size_multiple=None, n_coords=2000)
         data["train"].update(learning_rate=2e-5, max_grad_norm=0.02)
     return parse_config(data, overrides, source="demo")
 
@@ -196,18 +196,30 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     results: dict[str, Any] = {"config": {k: str(v) for k, v in asdict(cfg).items()}, "arms": {}, "baselines": {}}
     heldouts: dict[str, dict[str, HeldOut]] = {}
+    tcfgs, all_opts = {}, {}
     for key, (name, overrides, steps, task) in arms_spec.items():
-        console.rule(f"[bold]({key}) {name}[/bold]: {steps} steps")
         sets = [str(paths["random_rig"])] if task == "pose" else train_sets
-        tcfg = _train_config(cfg, model_dir, sets, task, cfg.out / "runs" / key, steps, overrides + [f"train.eval_every_steps={cfg.eval_every}"])
-        opts = SampleOptions.from_data_config(tcfg.data, size_multiple=28 if cfg.model is None else None)
-        arm = ArmResult(name, steps, 0.0)
+        tcfgs[key] = _train_config(cfg, model_dir, sets, task, cfg.out / "runs" / key, steps, overrides + [f"train.eval_every_steps={cfg.eval_every}"])
+        all_opts[key] = SampleOptions.from_data_config(tcfgs[key].data, size_multiple=28 if cfg.model is None else None)
         if task == "depth":
-            hs = {"fixed_rig": build_heldout(paths["fixed_rig-test"], opts), "random_rig": build_heldout(paths["random_rig-test"], opts)}
-            ib = _ibims_heldout(cfg, opts)
+            hs = {"fixed_rig": build_heldout(paths["fixed_rig-test"], all_opts[key]), "random_rig": build_heldout(paths["random_rig-test"], all_opts[key])}
+            ib = _ibims_heldout(cfg, all_opts[key])
             if ib is not None:
                 hs["ibims1"] = ib
             heldouts[key] = hs
+    # Every depth arm is scored on the same labelled points of each evaluation set.
+    depth_keys = list(heldouts)
+    for set_name in list(heldouts[depth_keys[0]]) if depth_keys else []:
+        shared = common_points([heldouts[k][set_name] for k in depth_keys])
+        for k, h in zip(depth_keys, shared):
+            heldouts[k][set_name] = h
+
+    for key, (name, overrides, steps, task) in arms_spec.items():
+        console.rule(f"[bold]({key}) {name}[/bold]: {steps} steps")
+        tcfg, opts = tcfgs[key], all_opts[key]
+        arm = ArmResult(name, steps, 0.0)
+        if task == "depth":
+            hs = heldouts[key]
             curve = Curve(name)
             eval_fn = make_eval_fn(hs["fixed_rig"], curve, log=lambda m: console.print(f"  {m}"))
             res = train(tcfg, resume=False, eval_fn=eval_fn if key in ("a", "b") else None, quiet=True)

@@ -7,7 +7,7 @@ scoring it every few minutes on unseen scenes, with the content-free lookups bes
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,26 @@ def build_heldout(data_dir: str | Path, opts: SampleOptions, max_points: int | N
     if not samples:
         raise ValueError(f"{data_dir}: no depth records to evaluate")
     return HeldOut(samples, opts)
+
+
+def common_points(heldouts: Sequence[HeldOut]) -> list[HeldOut]:
+    """The same held-out sets restricted to the labels that every one of them kept.
+
+    Arms with different view transforms can lose different edge labels (rounding a unified size to
+    the patch multiple crops at most half a patch at the right and bottom); comparing arms on
+    different points would not be fair, so each is scored on the shared labels only.
+    """
+    keys = [{(s.record_id, q.meta["index"]) for s in h.samples for q in s.queries} for h in heldouts]
+    shared = set.intersection(*keys) if keys else set()
+    out = []
+    for h in heldouts:
+        samples = []
+        for s in h.samples:
+            queries = [q for q in s.queries if (s.record_id, q.meta["index"]) in shared]
+            if queries:
+                samples.append(replace(s, queries=queries))
+        out.append(HeldOut(samples, h.opts))
+    return out
 
 
 def training_items(data_dir: str | Path, opts: SampleOptions, limit: int | None = None) -> list[DepthItem]:
