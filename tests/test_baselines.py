@@ -45,3 +45,13 @@ def test_identity_pose_direction_is_unit_mean() -> None:
     d = identity_pose_direction([[1, 0, 0], [1, 0, 0], [0, 0, 1]])
     assert np.linalg.norm(d) == pytest.approx(1.0) and d[0] > d[2] > 0
     np.testing.assert_allclose(identity_pose_direction([]), [0, 0, 1])
+
+
+def test_curve_marks_absorb_evaluation_lag() -> None:
+    from vlm3.eval.heldout import Curve
+
+    curve = Curve("x", [{"train_seconds": 60.4, "delta1": 0.5}, {"train_seconds": 120.9, "delta1": 0.7}, {"train_seconds": 170.0, "delta1": 0.8}])
+    assert curve.at_minutes(0.5) is None
+    assert curve.at_minutes(1)["delta1"] == 0.5  # logged at the first step after the 1-minute mark
+    assert curve.at_minutes(2)["delta1"] == 0.7
+    assert curve.at_minutes(5)["delta1"] == 0.8

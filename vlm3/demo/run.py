@@ -17,6 +17,7 @@ wall-clock each run took is reported beside them.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ class DemoConfig:
     random_train: int = 400  # scenes of the small randomised-rig dataset (depth + pose)
     test_scenes: int = 60
     test_points: int = 5
-    steps: int = 300  # arms (a) and (b): about 4-5 min each on 2 cores
+    steps: int = 350  # arms (a) and (b): about 5 min each on 2 cores
     eval_every: int = 50
     mixture_steps: int = 150  # arm (c); 0 skips it
     pose_steps: int = 150  # arm (d); 0 skips it
@@ -217,6 +218,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     for key, (name, overrides, steps, task) in arms_spec.items():
         console.rule(f"[bold]({key}) {name}[/bold]: {steps} steps")
         tcfg, opts = tcfgs[key], all_opts[key]
+        shutil.rmtree(tcfg.train.output_dir, ignore_errors=True)  # a re-run trains afresh, as the first run did
         arm = ArmResult(name, steps, 0.0)
         if task == "depth":
             hs = heldouts[key]

@@ -106,9 +106,13 @@ class Curve:
     name: str
     points: list[dict[str, Any]] = field(default_factory=list)  # step, train_seconds, delta1, abs_rel, parsed...
 
-    def at_minutes(self, minutes: float) -> dict[str, Any] | None:
-        """The last point at or before ``minutes`` of training (None if none yet)."""
-        done = [p for p in self.points if p["train_seconds"] <= minutes * 60 + 1e-6]
+    def at_minutes(self, minutes: float, slack_seconds: float = 10.0) -> dict[str, Any] | None:
+        """The last point taken by ``minutes`` of training (None if none yet).
+
+        A periodic evaluation runs at the first step *after* its mark, so a point logged at 60.4 s
+        belongs to the 1-minute mark: ``slack_seconds`` (about a few steps) absorbs that.
+        """
+        done = [p for p in self.points if p["train_seconds"] <= minutes * 60 + slack_seconds]
         return done[-1] if done else None
 
 
