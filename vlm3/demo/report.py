@@ -180,8 +180,8 @@ def reading(results: dict) -> str:
         const, rowsize = lk_a["constant median"]["delta1"], lk_a["row + image size"]["delta1"]
         verdict = "above" if a > rowsize + 0.02 else "at about the level of" if a >= rowsize - 0.03 else "below"
         out.append(
-            f"On held-out fixed-rig scenes the recipe (a) reaches δ1 {a:.2f}, {a - const:+.2f} over the constant median ({const:.2f}) "
-            f"and {verdict} the best lookup that uses no image content (row + image size, {rowsize:.2f}). On this rig the floor, "
+            f"On held-out fixed-rig scenes the recipe (a) reaches δ1 {a:.3f}, {a - const:+.2f} over the constant median ({const:.3f}) "
+            f"and {verdict} the best lookup that uses no image content (row + image size, {rowsize:.3f}). On this rig the floor, "
             "walls and ceiling fix the depth of a row once the field of view is known, so a score near that lookup says the model "
             "has learned where depths usually are, not that it reads the objects in the image."
         )
@@ -202,8 +202,8 @@ def reading(results: dict) -> str:
         else:
             meaning = "This run shows no early advantage for unification; the camera-ambiguity claim is not supported by it."
         out.append(
-            f"Without focal unification (b) the same budget gives {b:.2f} (its best lookup, row-only at a fixed 112 px size: "
-            f"{lk_b['row + image size']['delta1']:.2f}); the recipe minus (b) at equal steps in the first half of training: "
+            f"Without focal unification (b) the same budget gives {b:.3f} (its best lookup, row-only at a fixed 112 px size: "
+            f"{lk_b['row + image size']['delta1']:.3f}); the recipe minus (b) at equal steps in the first half of training: "
             f"{gap_text}. {meaning}"
         )
     r_a = _get(results, "a", "random_rig")
@@ -216,8 +216,8 @@ def reading(results: dict) -> str:
             "here depth must be read from the image, and the model does not beat the best content-free lookup."
         )
         out.append(
-            f"On randomised-rig scenes (camera height, pitch and yaw vary) the recipe scores {r_a:.2f} against "
-            f"{lk_r['constant median']['delta1']:.2f} for the constant median and {lk_r['row + image size']['delta1']:.2f} for row + image size: "
+            f"On randomised-rig scenes (camera height, pitch and yaw vary) the recipe scores {r_a:.3f} against "
+            f"{lk_r['constant median']['delta1']:.3f} for the constant median and {lk_r['row + image size']['delta1']:.3f} for row + image size: "
             + tail
         )
     c = _get(results, "c", "random_rig")
@@ -225,9 +225,9 @@ def reading(results: dict) -> str:
         c_fixed = _get(results, "c", "fixed_rig")
         a_at = next((p for p in reversed(results["arms"]["a"]["curve"]) if p["step"] <= results["arms"]["c"]["steps"]), None)
         out.append(
-            f"A uniform mixture (c, {results['arms']['c']['steps']} steps) gives {c_fixed:.2f} on the fixed rig and {c:.2f} on the "
-            f"randomised rig; the size-weighted recipe at the same step scored {a_at['delta1']:.2f} on the fixed rig." if a_at else
-            f"A uniform mixture (c) gives {c_fixed:.2f} on the fixed rig and {c:.2f} on the randomised rig."
+            f"A uniform mixture (c, {results['arms']['c']['steps']} steps) gives {c_fixed:.3f} on the fixed rig and {c:.3f} on the "
+            f"randomised rig; the size-weighted recipe at the same step scored {a_at['delta1']:.3f} on the fixed rig." if a_at else
+            f"A uniform mixture (c) gives {c_fixed:.3f} on the fixed rig and {c:.3f} on the randomised rig."
         )
     ib = _get(results, "a", "ibims1")
     if ib is not None:
@@ -239,17 +239,17 @@ def reading(results: dict) -> str:
             "above that constant, though still far from a useful depth estimator."
         )
         out.append(
-            f"On real iBims-1 images the synthetic-only tiny model scores δ1 {ib:.2f} (constant median fitted on synthetic labels: "
-            f"{const_i:.2f}): {transfer} The same pipeline with a pretrained VLM (`vlm3 demo --model ...`, on a GPU) is the "
+            f"On real iBims-1 images the synthetic-only tiny model scores δ1 {ib:.3f} (constant median fitted on synthetic labels: "
+            f"{const_i:.3f}): {transfer} The same pipeline with a pretrained VLM (`vlm3 demo --model ...`, on a GPU) is the "
             "experiment that can transfer."
         )
     pose = _get(results, "d", "random_rig", "auc30")
     if pose is not None and "pose identity" in results["baselines"]:
         out.append(
-            f"Relative pose (d): AUC@30 {pose:.2f} against {results['baselines']['pose identity']['auc30']:.2f} for the identity rotation "
+            f"Relative pose (d): AUC@30 {pose:.3f} against {results['baselines']['pose identity']['auc30']:.3f} for the identity rotation "
             "with the mean training direction, i.e. the two-view pipeline runs end to end, but the tiny model does not yet beat the "
             "content-free answer." if pose <= results["baselines"]["pose identity"]["auc30"] + 0.02 else
-            f"Relative pose (d): AUC@30 {pose:.2f} against {results['baselines']['pose identity']['auc30']:.2f} for the identity rotation with "
+            f"Relative pose (d): AUC@30 {pose:.3f} against {results['baselines']['pose identity']['auc30']:.3f} for the identity rotation with "
             "the mean training direction."
         )
     return "\n\n".join(out)

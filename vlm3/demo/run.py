@@ -48,7 +48,7 @@ class DemoConfig:
     random_train: int = 400  # scenes of the small randomised-rig dataset (depth + pose)
     test_scenes: int = 60
     test_points: int = 5
-    steps: int = 350  # arms (a) and (b): about 5 min each on 2 cores
+    steps: int = 400  # arms (a) and (b): about 5.5 min each on 2 cores
     eval_every: int = 50
     mixture_steps: int = 150  # arm (c); 0 skips it
     pose_steps: int = 150  # arm (d); 0 skips it
