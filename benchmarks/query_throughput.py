@@ -123,19 +123,13 @@ def _backend(args: argparse.Namespace, tmp: Path):
 
     if args.model:
         return LocalBackend.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
-    import torch
-
-    from vlm3.models.tiny import build_tiny_model
+    from vlm3.models.tiny import build_tiny_model, redraw_weights
 
     backend = LocalBackend.from_pretrained(
         build_tiny_model(args.family, tmp / args.family, seed=args.seed), device=args.device, batch_size=args.batch_size
     )
     backend.name = f"tiny random {args.family} (weights std {args.weight_std})"
-    g = torch.Generator().manual_seed(args.seed)
-    with torch.no_grad():
-        for p in backend.model.parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) * args.weight_std)
+    redraw_weights(backend.model, std=args.weight_std, seed=args.seed)
     return backend
 
 

@@ -11,29 +11,13 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from vlm3.data.adapters import AdapterOptions, Rejection, get_adapter
-from vlm3.data.io import read_shard, write_shard
-from vlm3.data.records import Record, check_pixels_inside
+from vlm3.data.adapters import AdapterOptions, get_adapter
 from vlm3.data.sampling import item_rng, resolve_count, sample_pixels, values_at
+from support import assert_round_trip, run_adapter
 
 # --- shared helpers -------------------------------------------------------------------------------
 
 
-def run(name: str, root: Path, **opts) -> tuple[list[Record], list[Rejection]]:
-    """Convert every unit of an adapter; split the output into records and rejections."""
-    adapter = get_adapter(name)(root, AdapterOptions(**opts))
-    out = [item for unit in adapter.units() for item in adapter.convert(unit)]
-    return [r for r in out if isinstance(r, Record)], [r for r in out if isinstance(r, Rejection)]
-
-
-def assert_round_trip(records: list[Record], tmp_path: Path) -> None:
-    """Records validate, keep their pixels inside the image, and survive a JSONL shard unchanged."""
-    for rec in records:
-        assert check_pixels_inside(rec) == []
-    path = tmp_path / "shard" / "00000.jsonl"
-    assert write_shard(records, path) == len(records)
-    back = list(read_shard(path))
-    assert [r.model_dump() for r in back] == [r.model_dump() for r in records]
 
 
 # --- sampling -------------------------------------------------------------------------------------
@@ -142,7 +126,7 @@ def make_nyu(root: Path, n: int = 3, zero_frame: int | None = 3, matlab_order: b
 
 def test_nyu_exact_labels_intrinsics_and_cache(tmp_path: Path) -> None:
     root = make_nyu(tmp_path / "nyu")
-    recs, rejs = run("nyuv2", root, points=50, seed=1)
+    recs, rejs = run_adapter("nyuv2", root, points=50, seed=1)
     assert [r.id for r in recs] == ["nyuv2/0001", "nyuv2/0002"]
     assert [(r.source, r.reason) for r in rejs] == [("nyu_depth_v2_labeled.mat[3]", "no_valid_depth")]
     for index, rec in enumerate(recs, 1):
@@ -163,24 +147,24 @@ def test_nyu_exact_labels_intrinsics_and_cache(tmp_path: Path) -> None:
 
 def test_nyu_deterministic_crop_option_and_numpy_order(tmp_path: Path) -> None:
     root = make_nyu(tmp_path / "a")
-    first, _ = run("nyuv2", root, points=20, seed=5)
-    again, _ = run("nyuv2", root, points=20, seed=5)  # second run reuses the image cache
-    other, _ = run("nyuv2", root, points=20, seed=6)
+    first, _ = run_adapter("nyuv2", root, points=20, seed=5)
+    again, _ = run_adapter("nyuv2", root, points=20, seed=5)  # second run reuses the image cache
+    other, _ = run_adapter("nyuv2", root, points=20, seed=6)
     assert [r.model_dump() for r in first] == [r.model_dump() for r in again]
     assert first[0].depth.pixels != other[0].depth.pixels
     # A file saved in numpy order gives the same records.
-    same, _ = run("nyuv2", make_nyu(tmp_path / "b", matlab_order=False), points=20, seed=5)
+    same, _ = run_adapter("nyuv2", make_nyu(tmp_path / "b", matlab_order=False), points=20, seed=5)
     assert [r.depth for r in same] == [r.depth for r in first]
-    full, _ = run("nyuv2", root, points=3000, seed=0, extra={"crop": "none"})
+    full, _ = run_adapter("nyuv2", root, points=3000, seed=0, extra={"crop": "none"})
     px = np.asarray(full[0].depth.pixels)
     assert px[:, 0].min() < 41 or px[:, 1].min() < 45 or px[:, 0].max() > 601 or px[:, 1].max() > 471
 
 
 def test_nyu_official_split(tmp_path: Path) -> None:
     root = make_nyu(tmp_path / "nyu", zero_frame=None, splits=True)
-    train, _ = run("nyuv2", root, points=5)
-    test, _ = run("nyuv2", root, points=5, split="test")
-    both, _ = run("nyuv2", root, points=5, split="all")
+    train, _ = run_adapter("nyuv2", root, points=5)
+    test, _ = run_adapter("nyuv2", root, points=5, split="test")
+    both, _ = run_adapter("nyuv2", root, points=5, split="all")
     assert [r.id for r in train] == ["nyuv2/0001", "nyuv2/0003"] and {r.split for r in train} == {"train"}
     assert [r.id for r in test] == ["nyuv2/0002"] and test[0].split == "test"
     assert [r.split for r in both] == ["train", "test", "train"]
@@ -252,7 +236,7 @@ def make_kitti(root: Path) -> Path:
 
 def test_kitti_exact_labels_and_rejections(tmp_path: Path) -> None:
     root = make_kitti(tmp_path / "kitti")
-    recs, rejs = run("kitti", root, points=30, seed=2)
+    recs, rejs = run_adapter("kitti", root, points=30, seed=2)
     assert [r.id for r in recs] == [f"kitti/{DRIVE}/image_02/0000000005"]
     rec = recs[0]
     assert rec.views[0].image == f"raw/2011_09_26/{DRIVE}/image_02/data/0000000005.png"
@@ -273,19 +257,19 @@ def test_kitti_exact_labels_and_rejections(tmp_path: Path) -> None:
 
 def test_kitti_cameras_splits_and_determinism(tmp_path: Path) -> None:
     root = make_kitti(tmp_path / "kitti")
-    both, _ = run("kitti", root, points=10, extra={"cameras": "image_02,image_03"})
+    both, _ = run_adapter("kitti", root, points=10, extra={"cameras": "image_02,image_03"})
     right = [r for r in both if r.meta["camera"] == "image_03"]
     assert len(right) == 1
     px = np.asarray(right[0].depth.pixels)
     assert np.array_equal(np.asarray(right[0].depth.depth), (1283 + 64 * (px[:, 0] - 0.5) + px[:, 1] - 0.5) / 256.0)
-    a, _ = run("kitti", root, points=10, seed=0)
-    b, _ = run("kitti", root, points=10, seed=0)
-    c, _ = run("kitti", root, points=10, seed=9)
+    a, _ = run_adapter("kitti", root, points=10, seed=0)
+    b, _ = run_adapter("kitti", root, points=10, seed=0)
+    c, _ = run_adapter("kitti", root, points=10, seed=9)
     assert a[0].depth == b[0].depth and a[0].depth.pixels != c[0].depth.pixels
     # All measured pixels when fewer than requested: 12 x (40 - 6) valid pixels.
-    full, _ = run("kitti", root, points=10_000)
+    full, _ = run_adapter("kitti", root, points=10_000)
     assert len(full[0].depth.pixels) == KITTI_H * (KITTI_W - 6)
-    val, rejs = run("kitti", root, split="val")
+    val, rejs = run_adapter("kitti", root, split="val")
     assert val == [] and [(r.reason, r.source) for r in rejs] == [("missing_calib", "raw/2011_09_28/calib_cam_to_cam.txt")]
     adapter = get_adapter("kitti")(root, AdapterOptions(split="all"))
     assert adapter.units() == [f"train/{DRIVE}", "val/2011_09_28_drive_0002_sync"]
@@ -298,6 +282,6 @@ def test_kitti_cameras_splits_and_determinism(tmp_path: Path) -> None:
 def test_kitti_bad_calib_is_rejected(tmp_path: Path) -> None:
     root = make_kitti(tmp_path / "kitti")
     (root / "raw" / "2011_09_26" / "calib_cam_to_cam.txt").write_text("P_rect_02: 1 2 3\n")
-    recs, rejs = run("kitti", root)
+    recs, rejs = run_adapter("kitti", root)
     assert recs == [] and sorted(r.reason for r in rejs) == ["bad_calib", "bad_calib", "missing_image"]
     assert any("12" in r.detail for r in rejs if r.reason == "bad_calib")

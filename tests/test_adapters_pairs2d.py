@@ -9,29 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlm3.data.adapters import AdapterOptions, Rejection, get_adapter
 from vlm3.data.adapters.hpatches import to_corner_origin
 from vlm3.data.adapters.middlebury import read_pfm, write_pfm
-from vlm3.data.io import read_shard, write_shard
-from vlm3.data.records import Record, check_pixels_inside
 from vlm3.geometry.camera import backproject, project
 from vlm3.geometry.pose import camera2_center_in_cam1, relative_pose, transform_points
+from support import assert_round_trip, run_adapter
 
 
-def run(name: str, root: Path, **opts) -> tuple[list[Record], list[Rejection]]:
-    """Convert every unit of an adapter; split the output into records and rejections."""
-    adapter = get_adapter(name)(root, AdapterOptions(**opts))
-    out = [item for unit in adapter.units() for item in adapter.convert(unit)]
-    return [r for r in out if isinstance(r, Record)], [r for r in out if isinstance(r, Rejection)]
-
-
-def assert_round_trip(records: list[Record], tmp_path: Path) -> None:
-    """Records validate, keep their pixels inside the images, and survive a JSONL shard unchanged."""
-    for rec in records:
-        assert check_pixels_inside(rec) == []
-    path = tmp_path / "shard" / "00000.jsonl"
-    assert write_shard(records, path) == len(records)
-    assert [r.model_dump() for r in read_shard(path)] == [r.model_dump() for r in records]
 
 
 # --- HPatches -------------------------------------------------------------------------------------
@@ -78,7 +62,7 @@ def test_corner_origin_conversion() -> None:
 
 def test_hpatches_exact_matches(tmp_path: Path) -> None:
     root = make_hpatches(tmp_path / "hp")
-    recs, rejs = run("hpatches", root, points=40, seed=0, split="test")
+    recs, rejs = run_adapter("hpatches", root, points=40, seed=0, split="test")
     by_id = {r.id: r for r in recs}
     assert sorted(by_id) == ["hpatches/i_broken/1_5", "hpatches/i_broken/1_6", "hpatches/v_fixture/1_2",
                              "hpatches/v_fixture/1_3", "hpatches/v_fixture/1_4"]
@@ -115,9 +99,9 @@ def test_hpatches_exact_matches(tmp_path: Path) -> None:
 
 def test_hpatches_deterministic(tmp_path: Path) -> None:
     root = make_hpatches(tmp_path / "hp")
-    a, _ = run("hpatches", root, points=10, seed=3)
-    b, _ = run("hpatches", root, points=10, seed=3)
-    c, _ = run("hpatches", root, points=10, seed=4)
+    a, _ = run_adapter("hpatches", root, points=10, seed=3)
+    b, _ = run_adapter("hpatches", root, points=10, seed=3)
+    c, _ = run_adapter("hpatches", root, points=10, seed=4)
     assert [r.model_dump() for r in a] == [r.model_dump() for r in b]
     assert a[2].matches.pixels0 != c[2].matches.pixels0
 
@@ -180,7 +164,7 @@ def make_scene(root: Path, name: str, disp: np.ndarray | None = None) -> Path:
 def test_middlebury_plane_depth_matches_and_poses(tmp_path: Path) -> None:
     root = tmp_path / "mb"
     make_scene(root, "Plane-perfect")
-    recs, rejs = run("middlebury", root, points=200, seed=0)
+    recs, rejs = run_adapter("middlebury", root, points=200, seed=0)
     assert rejs == []
     depth, pair = recs
     assert depth.id == "middlebury/Plane-perfect/depth" and pair.id == "middlebury/Plane-perfect/pair01"
@@ -216,7 +200,7 @@ def test_middlebury_rejections_and_determinism(tmp_path: Path) -> None:
     make_scene(root, "E-size", disp=np.zeros((H + 1, W), np.float32))
     (make_scene(root, "F-noim1") / "im1.png").unlink()
     write_calib(make_scene(root, "G-zerofocal") / "calib.txt", 0.0, CX0, CY, DOFFS, BASELINE_MM, W, H)
-    recs, rejs = run("middlebury", root, points=20, seed=1)
+    recs, rejs = run_adapter("middlebury", root, points=20, seed=1)
     assert [r.id for r in recs] == ["middlebury/A-good/depth", "middlebury/A-good/pair01"]
     assert sorted((r.source, r.reason) for r in rejs) == [
         ("B-nodisp/disp0.pfm", "missing_disparity"),
@@ -226,8 +210,8 @@ def test_middlebury_rejections_and_determinism(tmp_path: Path) -> None:
         ("F-noim1/im1.png", "missing_image"),
         ("G-zerofocal/calib.txt", "bad_calib"),
     ]
-    again, _ = run("middlebury", root, points=20, seed=1)
-    other, _ = run("middlebury", root, points=20, seed=2)
+    again, _ = run_adapter("middlebury", root, points=20, seed=1)
+    other, _ = run_adapter("middlebury", root, points=20, seed=2)
     assert [r.model_dump() for r in again] == [r.model_dump() for r in recs]
     assert other[1].matches.pixels0 != recs[1].matches.pixels0
 
@@ -245,7 +229,7 @@ def test_middlebury_motorcycle_matches_are_photometrically_consistent(tmp_path: 
     # Calibration from the skimage docstring (Middlebury 2014 Motorcycle calib.txt divided by 4):
     # f 994.978, cx 311.193, cy 254.877, doffs 31.086 px, baseline 193.001 mm.
     write_calib(scene / "calib.txt", 994.978, 311.193, 254.877, 31.086, 193.001, w, h)
-    recs, rejs = run("middlebury", tmp_path / "mb", points=3000, seed=0)
+    recs, rejs = run_adapter("middlebury", tmp_path / "mb", points=3000, seed=0)
     assert rejs == []
     depth, pair = recs
     assert 1.0 < min(depth.depth.depth) and max(depth.depth.depth) < 6.0  # a motorcycle a few metres away

@@ -23,17 +23,11 @@ def tiny_backend(root, family: str, batch_size: int):
     A freshly initialised tiny model (weights ~N(0, 0.02)) answers the same token to everything,
     which would make answer-equality tests vacuous; weights redrawn with std 0.1 are input-sensitive.
     """
-    import torch
-
     from vlm3.models.local import LocalBackend
-    from vlm3.models.tiny import build_tiny_model
+    from vlm3.models.tiny import build_tiny_model, redraw_weights
 
     backend = LocalBackend.from_pretrained(build_tiny_model(family, root / family), batch_size=batch_size)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in backend.model.parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    redraw_weights(backend.model, std=0.1)
     return backend
 
 

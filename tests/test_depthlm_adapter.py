@@ -49,7 +49,7 @@ def make_dataset(root: Path, n_images: int = 7, seed: int = 0) -> list[dict]:
 def convert_all(root: Path, **opts) -> list[Record | Rejection]:
     extra = {k: str(v) for k, v in opts.pop("extra", {}).items()}
     ad = get_adapter("depthlm-jsonl")(root, AdapterOptions(extra=extra, **opts))
-    return [item for unit in ad.units() for item in ad.convert(unit)]
+    return list(ad.convert_all())
 
 
 def test_pixels_become_centres_and_principal_point_is_shifted(tmp_path):
@@ -179,7 +179,7 @@ def test_bad_roots_fail_clearly(tmp_path):
 @pytest.mark.skipif(not (IBIMS / "ibims1_val.jsonl").is_file(), reason="iBims-1 sample not available")
 def test_ibims1_converts_completely():
     ad = get_adapter("depthlm-jsonl")(IBIMS)
-    items = [r for u in ad.units() for r in ad.convert(u)]
+    items = list(ad.convert_all())
     assert len(items) == 100 and all(isinstance(r, Record) for r in items)
     assert sum(len(r.depth.pixels) for r in items) == 10_000
     depth = np.concatenate([r.depth.depth for r in items])
@@ -213,7 +213,7 @@ def test_ibims1_labels_are_z_depth():
     ad = get_adapter("depthlm-jsonl")(IBIMS)  # default depth_type
     rng = np.random.default_rng(0)
     wins = 0
-    records = [r for u in ad.units() for r in ad.convert(u)][::4]
+    records = list(ad.convert_all())[::4]
     for rec in records:
         K, px, d = rec.views[0].K, np.asarray(rec.depth.pixels), np.asarray(rec.depth.depth)
         other = "range" if rec.depth.depth_type == "z" else "z"

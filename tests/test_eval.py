@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,7 @@ from typer.testing import CliRunner
 from vlm3.cli import app
 from vlm3.eval.bench import BenchError, bench_dir, bench_from_dict, load_bench, make_sample_list, read_sample_list, resolve_settings
 from vlm3.eval.run import EvalError, model_meta, read_predictions, run_eval
+from support import serve_in_thread
 from vlm3.models.backend import Backend
 
 IBIMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ibims1"
@@ -32,16 +30,12 @@ def model_dir(tmp_path_factory) -> Path:
     import torch
 
     from vlm3.models.hf import load_model_and_processor
-    from vlm3.models.tiny import build_tiny_model
+    from vlm3.models.tiny import build_tiny_model, redraw_weights
 
     torch.set_num_threads(1)  # tiny model: extra threads only spin on a shared machine
     folder = build_tiny_model("qwen2_5_vl", tmp_path_factory.mktemp("tiny") / "m")
     model, processor = load_model_and_processor(folder)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    redraw_weights(model, std=0.1)
     model.save_pretrained(folder)
     return folder
 
@@ -142,25 +136,12 @@ def preds(out: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def served(model_dir):
     """URL of an OpenAI-compatible vlm3 server on a free 127.0.0.1 port, running in a thread."""
-    import uvicorn
-
     from vlm3.models.local import LocalBackend
     from vlm3.serve.server import create_app
 
     app_ = create_app(LocalBackend.from_pretrained(model_dir, batch_size=8), model_name="tiny", max_concurrency=1, max_batch_size=8)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app_, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with serve_in_thread(app_, timeout=30) as url:
+        yield url
 
 
 @pytest.mark.realdata

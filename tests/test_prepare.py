@@ -123,7 +123,7 @@ def test_cli_prepares_ibims1(tmp_path, materialize):
         return
     assert manifest["focal"] == 1000.0 and root == out.resolve()
     src = DepthLMJsonlAdapter(IBIMS)
-    originals = {r.id: r for u in src.units() for r in src.convert(u)}
+    originals = {r.id: r for r in src.convert_all()}
     for rec in records[::9]:
         K = rec.views[0].K
         assert (K.fx, K.fy) == (1000.0, 1000.0)

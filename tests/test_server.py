@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from support import serve_in_thread
 from vlm3.models.backend import single_turn
 
 KEY = "test-key"
@@ -24,17 +23,11 @@ MAX_BYTES = 300_000
 
 def tiny_backend(root):
     """A tiny random Qwen2.5-VL whose answers depend on the input (weights redrawn with std 0.1)."""
-    import torch
-
     from vlm3.models.local import LocalBackend
-    from vlm3.models.tiny import build_tiny_model
+    from vlm3.models.tiny import build_tiny_model, redraw_weights
 
     backend = LocalBackend.from_pretrained(build_tiny_model("qwen2_5_vl", root / "m"), batch_size=8)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in backend.model.parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    redraw_weights(backend.model, std=0.1)
     return backend
 
 
@@ -52,7 +45,6 @@ def data_url(img: Image.Image) -> str:
 def served(tmp_path_factory):
     """(base URL, local backend) of a server running in a thread; stopped after the module."""
     import torch
-    import uvicorn
 
     from vlm3.serve.server import create_app
 
@@ -63,19 +55,8 @@ def served(tmp_path_factory):
         backend, model_name="tiny", api_key=KEY, max_image_pixels=MAX_PIXELS, max_request_bytes=MAX_BYTES,
         max_concurrency=1, max_batch_size=8,
     )
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))  # a free port, held until uvicorn takes the socket over
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", backend
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with serve_in_thread(app) as url:
+        yield url, backend
     torch.set_num_threads(threads)
 
 

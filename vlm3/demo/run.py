@@ -126,15 +126,14 @@ def _ibims_heldout(cfg: DemoConfig, opts: SampleOptions) -> HeldOut | None:
 
     adapter = get_adapter("depthlm-jsonl")(cfg.ibims_root, AdapterOptions(seed=cfg.seed, split="test"))
     samples = []
-    for unit in adapter.units():
-        for rec in adapter.convert(unit):
-            if not isinstance(rec, Record):
-                continue
-            s = build_sample(rec, load_images(rec, cfg.ibims_root), opts, all_points=True)
-            s.queries = s.queries[: cfg.ibims_points]
-            samples.append(s)
-            if len(samples) >= cfg.ibims_images:
-                return HeldOut(samples, opts)
+    for rec in adapter.convert_all():
+        if not isinstance(rec, Record):
+            continue
+        s = build_sample(rec, load_images(rec, cfg.ibims_root), opts, all_points=True)
+        s.queries = s.queries[: cfg.ibims_points]
+        samples.append(s)
+        if len(samples) >= cfg.ibims_images:
+            break
     return HeldOut(samples, opts) if samples else None
 
 

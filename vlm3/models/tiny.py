@@ -458,6 +458,22 @@ def build_config(
     return config
 
 
+def redraw_weights(model, std: float = 0.1, seed: int = 0) -> None:
+    """Redraw every weight matrix of ``model`` from N(0, std), in place and deterministically.
+
+    A freshly initialised tiny model (weights ~N(0, 0.02)) answers the same token to every input,
+    which would make answer-equality checks vacuous; with std 0.1 its answers depend on the
+    question and the image. For tests and benchmarks of the inference machinery, not for training.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
 def count_parameters(model) -> int:
     """Number of distinct parameters (tied embeddings counted once)."""
     return sum(p.numel() for p in model.parameters())

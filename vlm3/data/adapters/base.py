@@ -60,6 +60,14 @@ class Adapter:
         """Records (and rejections) of one unit; deterministic given ``options.seed``."""
         raise NotImplementedError
 
+    def convert_all(self) -> Iterator[Record | Rejection]:
+        """Every unit's records and rejections in unit order, in this process.
+
+        ``vlm3 prepare`` converts units in parallel and writes shards; this is the in-memory path.
+        """
+        for unit in self.units():
+            yield from self.convert(unit)
+
     def manifest_info(self) -> dict:
         """Extra manifest fields (source version, label conventions)."""
         return {}

@@ -1,0 +1,51 @@
+"""Helpers shared by several test modules (imported as ``support``; pytest puts tests/ on the path)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from vlm3.data.adapters import AdapterOptions, Rejection, get_adapter
+from vlm3.data.io import read_shard, write_shard
+from vlm3.data.records import Record, check_pixels_inside
+
+
+def run_adapter(name: str, root: Path, **opts) -> tuple[list[Record], list[Rejection]]:
+    """Convert every unit of an adapter; split the output into records and rejections."""
+    out = list(get_adapter(name)(root, AdapterOptions(**opts)).convert_all())
+    return [r for r in out if isinstance(r, Record)], [r for r in out if isinstance(r, Rejection)]
+
+
+def assert_round_trip(records: list[Record], tmp_path: Path) -> None:
+    """Records validate, keep their pixels inside their images, and survive a JSONL shard unchanged."""
+    for rec in records:
+        assert check_pixels_inside(rec) == []
+    path = tmp_path / "shard" / "00000.jsonl"
+    assert write_shard(records, path) == len(records)
+    assert [r.model_dump() for r in read_shard(path)] == [r.model_dump() for r in records]
+
+
+@contextmanager
+def serve_in_thread(app, timeout: float = 20.0) -> Iterator[str]:
+    """Run an ASGI app with uvicorn on a free 127.0.0.1 port in a thread; yields its base URL."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # a free port, held until uvicorn takes the socket over
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
