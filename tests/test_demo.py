@@ -28,3 +28,10 @@ def test_quick_demo_writes_report(tmp_path) -> None:
         assert {"constant median", "row-only", "row + image size"} == set(results["baselines"][key]["fixed_rig"])
     md = (out / "report.md").read_text()
     assert "| run | evaluated on |" in md and "## Reading" in md and "lookup" in md
+
+
+def test_demo_bad_model_is_a_named_error(tmp_path) -> None:
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path / "d"), "--model", str(tmp_path / "no-such-model")])
+    assert result.exit_code == 2
+    assert "no-such-model" in result.output and "does not exist" in result.output
+    assert "Traceback" not in result.output

@@ -356,7 +356,11 @@ def demo_command(
     from vlm3.demo.run import DemoConfig, run_demo
 
     cfg = DemoConfig.quick(out=Path(out), seed=seed, model=model) if quick else DemoConfig(out=Path(out), seed=seed, model=model)
-    run_demo(cfg)
+    try:
+        run_demo(cfg)
+    except (ValueError, OSError) as e:  # bad --model, unreadable data, config errors: one line, no traceback
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"report: {Path(out) / 'report.md'} and {Path(out) / 'report.html'}")
 
 
