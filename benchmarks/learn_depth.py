@@ -30,7 +30,6 @@ from vlm3.data.synth import generate, get_family
 from vlm3.eval.baselines import DepthLookups
 from vlm3.eval.heldout import Curve, build_heldout, common_points, lookup_metrics, make_eval_fn, training_items
 from vlm3.models.tiny import build_tiny_model
-from vlm3.tasks.samples import SampleOptions
 from vlm3.train.config import load_config
 from vlm3.train.sft import train
 
@@ -71,9 +70,9 @@ def run_family(family: str, args: argparse.Namespace, model_dir: Path, out: Path
                 *overrides,
             ],
         )
-        opts = SampleOptions.from_data_config(configs[arm].data, size_multiple=28)
-        heldouts[arm] = build_heldout(test_dir, opts, max_points=args.test_points)
-        lookups[arm] = DepthLookups(training_items(train_dir, opts, limit=args.lookup_records), n_coords=opts.n_coords)
+        settings = configs[arm].data.settings(size_multiple=28)
+        heldouts[arm] = build_heldout(test_dir, settings, max_points=args.test_points)
+        lookups[arm] = DepthLookups(training_items(train_dir, settings, limit=args.lookup_records), n_coords=settings.n_coords)
     # Every arm is scored on the same labelled points.
     heldouts = dict(zip(heldouts, common_points(list(heldouts.values()))))
 

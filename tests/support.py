@@ -49,3 +49,8 @@ def serve_in_thread(app, timeout: float = 20.0) -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+def message_text(message: dict) -> str:
+    """The concatenated text parts of a chat message (HF format)."""
+    return "".join(part.get("text", "") for part in message.get("content", []) if part.get("type") == "text")

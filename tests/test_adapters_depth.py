@@ -249,7 +249,7 @@ def test_kitti_exact_labels_and_rejections(tmp_path: Path) -> None:
     assert np.array_equal(np.asarray(rec.depth.depth), (1280 + 64 * cols + rows) / 256.0)  # value / 256 m
     reasons = sorted((r.reason, r.source) for r in rejs)
     assert reasons == [
-        ("missing_image", f"data_depth_annotated/train/{DRIVE}/proj_depth/groundtruth/image_02/0000000007.png"),
+        ("missing_file", f"data_depth_annotated/train/{DRIVE}/proj_depth/groundtruth/image_02/0000000007.png"),
         ("no_valid_depth", f"data_depth_annotated/train/{DRIVE}/proj_depth/groundtruth/image_02/0000000006.png"),
     ]
     assert_round_trip(recs, tmp_path)
@@ -270,7 +270,7 @@ def test_kitti_cameras_splits_and_determinism(tmp_path: Path) -> None:
     full, _ = run_adapter("kitti", root, points=10_000)
     assert len(full[0].depth.pixels) == KITTI_H * (KITTI_W - 6)
     val, rejs = run_adapter("kitti", root, split="val")
-    assert val == [] and [(r.reason, r.source) for r in rejs] == [("missing_calib", "raw/2011_09_28/calib_cam_to_cam.txt")]
+    assert val == [] and [(r.reason, r.source) for r in rejs] == [("missing_file", "raw/2011_09_28/calib_cam_to_cam.txt")]
     adapter = get_adapter("kitti")(root, AdapterOptions(split="all"))
     assert adapter.units() == [f"train/{DRIVE}", "val/2011_09_28_drive_0002_sync"]
     with pytest.raises(ValueError, match="split='test'"):
@@ -283,5 +283,5 @@ def test_kitti_bad_calib_is_rejected(tmp_path: Path) -> None:
     root = make_kitti(tmp_path / "kitti")
     (root / "raw" / "2011_09_26" / "calib_cam_to_cam.txt").write_text("P_rect_02: 1 2 3\n")
     recs, rejs = run_adapter("kitti", root)
-    assert recs == [] and sorted(r.reason for r in rejs) == ["bad_calib", "bad_calib", "missing_image"]
-    assert any("12" in r.detail for r in rejs if r.reason == "bad_calib")
+    assert recs == [] and sorted(r.reason for r in rejs) == ["bad_calibration", "bad_calibration", "missing_file"]
+    assert any("12" in r.detail for r in rejs if r.reason == "bad_calibration")

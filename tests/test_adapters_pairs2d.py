@@ -10,12 +10,11 @@ import pytest
 from PIL import Image
 
 from vlm3.data.adapters.hpatches import to_corner_origin
-from vlm3.data.adapters.middlebury import read_pfm, write_pfm
+from vlm3.data.adapters.middlebury import read_pfm
 from vlm3.geometry.camera import backproject, project
 from vlm3.geometry.pose import camera2_center_in_cam1, relative_pose, transform_points
+from vlm3.tasks import tasks_of
 from support import assert_round_trip, run_adapter
-
-
 
 
 # --- HPatches -------------------------------------------------------------------------------------
@@ -23,6 +22,22 @@ from support import assert_round_trip, run_adapter
 H_TRANSLATE = np.array([[1.0, 0, 5], [0, 1, 3], [0, 0, 1]])
 H_HALF = np.array([[0.5, 0, 0], [0, 0.5, 0], [0, 0, 1]])  # centre origin: q_c = p_c / 2
 H_PROJ = np.array([[0.9, 0.05, 4.0], [-0.03, 1.1, -2.0], [4e-4, -3e-4, 1.0]])
+
+
+def write_pfm(path: str | Path, image: np.ndarray, little_endian: bool = True) -> None:
+    """Write a float (H, W) or (H, W, 3) array as PFM (bottom row first, as the format requires)."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 2:
+        kind = b"Pf"
+    elif image.ndim == 3 and image.shape[2] == 3:
+        kind = b"PF"
+    else:
+        raise ValueError(f"PFM holds (H, W) or (H, W, 3) arrays, got shape {image.shape}")
+    h, w = image.shape[:2]
+    data = np.flipud(image).astype("<f4" if little_endian else ">f4")
+    with open(path, "wb") as f:
+        f.write(kind + b"\n" + f"{w} {h}\n".encode() + (b"-1.0\n" if little_endian else b"1.0\n"))
+        f.write(data.tobytes())
 
 
 def write_h(path: Path, H: np.ndarray) -> None:
@@ -84,15 +99,15 @@ def test_hpatches_exact_matches(tmp_path: Path) -> None:
     assert np.allclose(p1, ref, atol=1e-9)
     for r in recs:
         assert r.meta["intrinsics_estimated"] is True and r.metric_scale is False and r.split == "test"
-        assert r.tasks() == ["correspondence"] and all(v.T_cam_from_world is None for v in r.views)
+        assert tasks_of(r) == ["correspondence"] and all(v.T_cam_from_world is None for v in r.views)
     assert r3.views[0].intrinsics == [80.0, 80.0, 32.0, 24.0, 64, 48]  # f = diagonal of 64x48, centre
     reasons = sorted((r.source, r.reason) for r in rejs)
     assert reasons == [
-        ("i_broken/H_1_2", "bad_homography"),
-        ("i_broken/H_1_3", "no_overlap"),
-        ("i_broken/H_1_4", "bad_homography"),
-        ("v_fixture/6.ppm", "missing_image"),
-        ("v_fixture/H_1_5", "missing_homography"),
+        ("i_broken/H_1_2", "bad_pose"),
+        ("i_broken/H_1_3", "no_labels"),
+        ("i_broken/H_1_4", "bad_pose"),
+        ("v_fixture/6.ppm", "missing_file"),
+        ("v_fixture/H_1_5", "missing_file"),
     ]
     assert_round_trip(recs, tmp_path)
 
@@ -187,7 +202,7 @@ def test_middlebury_plane_depth_matches_and_poses(tmp_path: Path) -> None:
     K0, K1 = pair.views[0].K, pair.views[1].K
     uv1, z1 = project(K1, transform_points(T1, backproject(K0, p0, np.full(len(p0), PLANE_Z))))
     assert np.allclose(uv1, p1, atol=1e-9) and np.allclose(z1, PLANE_Z)
-    assert pair.tasks() == ["pose", "correspondence"] and depth.tasks() == ["depth"]
+    assert tasks_of(pair) == ["pose", "correspondence"] and tasks_of(depth) == ["depth"]
     assert_round_trip(recs, tmp_path)
 
 
@@ -203,12 +218,12 @@ def test_middlebury_rejections_and_determinism(tmp_path: Path) -> None:
     recs, rejs = run_adapter("middlebury", root, points=20, seed=1)
     assert [r.id for r in recs] == ["middlebury/A-good/depth", "middlebury/A-good/pair01"]
     assert sorted((r.source, r.reason) for r in rejs) == [
-        ("B-nodisp/disp0.pfm", "missing_disparity"),
+        ("B-nodisp/disp0.pfm", "missing_file"),
         ("C-allinf/disp0.pfm", "no_valid_depth"),
-        ("D-badcalib/calib.txt", "bad_calib"),
-        ("E-size/disp0.pfm", "image_size_mismatch"),
-        ("F-noim1/im1.png", "missing_image"),
-        ("G-zerofocal/calib.txt", "bad_calib"),
+        ("D-badcalib/calib.txt", "bad_calibration"),
+        ("E-size/disp0.pfm", "size_mismatch"),
+        ("F-noim1/im1.png", "missing_file"),
+        ("G-zerofocal/calib.txt", "bad_calibration"),
     ]
     again, _ = run_adapter("middlebury", root, points=20, seed=1)
     other, _ = run_adapter("middlebury", root, points=20, seed=2)

@@ -154,7 +154,7 @@ def test_scannet_bad_frames_are_named_rejections(tmp_path):
     ad = get_adapter("scannet")(tmp_path, AdapterOptions(points=10, pairs_per_scene=10))
     depth, pairs, rej = split(ad.convert("scene0000_00"))
     reasons = {Path(r.source).stem: r.reason for r in rej}
-    assert reasons == {"1": "invalid_pose", "3": "missing_depth", "4": "unreadable_depth"}
+    assert reasons == {"1": "bad_pose", "3": "missing_file", "4": "unreadable_file"}
     assert [r.meta["frame"] for r in depth] == ["0", "2"]
     assert all({r.meta["frame0"], r.meta["frame1"]} == {"0", "2"} for r in pairs)
 
@@ -167,7 +167,7 @@ def test_scannet_is_deterministic_and_rejects_unregistered_depth(tmp_path):
     assert a == b
     (tmp_path / "scene0000_00" / "intrinsic" / "extrinsic_depth.txt").write_text(_mat4(1, 1, 0.05, 0))
     out = list(get_adapter("scannet")(tmp_path, opts).convert("scene0000_00"))
-    assert len(out) == 1 and out[0].reason == "unregistered_depth"
+    assert len(out) == 1 and out[0].reason == "bad_calibration"
 
 
 def test_scannet_pairs_below_threshold_not_emitted(tmp_path):
@@ -218,7 +218,7 @@ def test_tum_fr1_distortion_pose_and_depth_units(tmp_path):
     poses = make_tum(tmp_path, "rgbd_dataset_freiburg1_xyz", K, dist)
     ad = get_adapter("tum")(tmp_path, AdapterOptions(points=40, pairs_per_scene=10))
     depth, pairs, rej = split(ad.convert("rgbd_dataset_freiburg1_xyz"))
-    assert [r.reason for r in rej] == ["no_depth_within_max_dt"] and rej[0].source.endswith("1.300000.png")
+    assert [r.reason for r in rej] == ["missing_file"] and rej[0].source.endswith("1.300000.png")
     assert len(depth) == 3
     for i, r in enumerate(depth):
         v = r.views[0]
@@ -235,7 +235,7 @@ def test_tum_ros_default_intrinsics_and_unknown_camera(tmp_path):
     K = Intrinsics.from_center_origin(525.0, 525.0, 319.5, 239.5, 640, 480)
     make_tum(tmp_path, "my_sequence", K, None, n=2)
     out = list(get_adapter("tum")(tmp_path, AdapterOptions(points=5)).convert("my_sequence"))
-    assert len(out) == 1 and out[0].reason == "unknown_camera"
+    assert len(out) == 1 and out[0].reason == "bad_calibration"
     ad = get_adapter("tum")(tmp_path, AdapterOptions(points=20, pairs_per_scene=5, extra={"intrinsics": "ros_default"}))
     depth, pairs, _ = split(ad.convert("my_sequence"))
     assert depth[0].views[0].intrinsics == [525.0, 525.0, 320.0, 240.0, 640, 480] and depth[0].views[0].dist is None
@@ -336,12 +336,12 @@ def test_eth3d_missing_depth_and_missing_distorted_calibration(tmp_path):
     (tmp_path / "courtyard" / "ground_truth_depth" / "dslr_images" / "DSC_0001.JPG").unlink()
     (tmp_path / "courtyard" / "ground_truth_depth" / "dslr_images" / "DSC_0002.JPG").write_bytes(b"\0" * 12)
     depth, pairs, rej = split(get_adapter("eth3d")(tmp_path, AdapterOptions(points=10)).convert("courtyard"))
-    assert {(Path(r.source).name, r.reason) for r in rej} == {("DSC_0001.JPG", "missing_depth"), ("DSC_0002.JPG", "depth_size_mismatch")}
+    assert {(Path(r.source).name, r.reason) for r in rej} == {("DSC_0001.JPG", "missing_file"), ("DSC_0002.JPG", "size_mismatch")}
     assert len(depth) == 2
 
     make_eth3d(tmp_path, scene="pipes", with_depth=False, points=True)
     depth, pairs, rej = split(get_adapter("eth3d")(tmp_path, AdapterOptions(points=10, pairs_per_scene=10)).convert("pipes"))
-    assert [r.reason for r in rej] == ["missing_depth_calibration"] and depth == []
+    assert [r.reason for r in rej] == ["bad_calibration"] and depth == []
     # Even/odd images share 10 of their 20 points: 0.5 each way; same parity shares all.
     assert pairs and all(r.metric_scale for r in pairs)
     check_pairs(pairs, tol_px=1e-6)
@@ -415,7 +415,7 @@ def test_megadepth_binary_model_subfolder_and_depth(tmp_path):
     (tmp_path / "0100" / "depths" / "C.h5").write_bytes(b"garbage")
     ad = get_adapter("megadepth")(tmp_path, AdapterOptions(points=20, pairs_per_scene=10))
     depth, pairs, rej = split(ad.convert("0100"))
-    assert [(Path(r.source).name, r.reason) for r in rej] == [("C", "unreadable_depth")]
+    assert [(Path(r.source).name, r.reason) for r in rej] == [("C", "unreadable_file")]
     assert depth == [] and len(pairs) == 1 and pairs[0].id.startswith("megadepth/0100/0/")
     assert 0.5 < pairs[0].covisibility <= 1.0  # from the depth maps now
     assert len(pairs[0].matches.pixels0) == 20
@@ -430,7 +430,7 @@ def test_megadepth_unsupported_camera_and_missing_image(tmp_path):
     images = (tmp_path / "0015" / "sparse" / "images.txt").read_text().replace(" 1 C.jpg", " 2 C.jpg")
     (tmp_path / "0015" / "sparse" / "images.txt").write_text(images)
     _, pairs, rej = split(get_adapter("megadepth")(tmp_path, AdapterOptions()).convert("0015"))
-    assert sorted((Path(r.source).name, r.reason) for r in rej) == [("B.jpg", "missing_image"), ("C.jpg", "unsupported_camera")]
+    assert sorted((Path(r.source).name, r.reason) for r in rej) == [("B.jpg", "missing_file"), ("C.jpg", "bad_calibration")]
     assert pairs == []
 
 
@@ -459,4 +459,4 @@ def test_scannetpp_dslr_is_metric_with_png_depth(tmp_path):
 def test_registered_names_and_layouts():
     for name in ("scannet", "tum", "eth3d", "megadepth", "scannetpp_dslr"):
         cls = get_adapter(name)
-        assert cls.layout and cls.description and "pose" in cls.tasks
+        assert cls.layout and cls.description and "poses" in cls.labels

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlm3.models.backend import ChatRequest, make_backend, single_turn, user_message
+from vlm3.models.backend import ChatRequest, open_backend, parse_spec, single_turn, spec_name, user_message
 
 DEPTH = "How far is the pixel at ({x}, {y}) from the camera? Both x and y are normalized to between [0, 2000)."
 
@@ -133,16 +133,24 @@ def test_request_validation_names_the_problem():
         ChatRequest([{"role": "user", "content": [{"type": "video"}]}])
 
 
-def test_make_backend_dispatch(tmp_path):
+def test_open_backend_dispatch(tmp_path, monkeypatch):
     from vlm3.models.openai_http import OpenAIBackend
 
-    http = make_backend("http://127.0.0.1:9/v1", model="m")  # no request is made when the model is given
-    assert isinstance(http, OpenAIBackend) and http.base_url == "http://127.0.0.1:9/v1"
+    http = open_backend(" http://127.0.0.1:9/v1", 3, model="m")  # no request is made when the model is given
+    assert isinstance(http, OpenAIBackend) and http.base_url == "http://127.0.0.1:9/v1" and http.max_concurrency == 3
     http.close()
     with pytest.raises(ValueError, match="after the colon"):
-        make_backend("vllm:")
+        open_backend("vllm:")
+    with pytest.raises(ValueError, match="non-empty"):
+        parse_spec(" ")
     with pytest.raises(FileNotFoundError):
-        make_backend(str(tmp_path / "missing" / "model"))
+        open_backend(str(tmp_path / "missing" / "model"))
+    assert [parse_spec(s).kind for s in ("https://x/v1", "vllm:/ckpt", "Qwen/Qwen3-VL-4B-Instruct")] == ["http", "vllm", "local"]
+    assert parse_spec("vllm:/ckpt").target == "/ckpt"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m").mkdir()
+    assert spec_name("m") == spec_name("./m") == str(tmp_path / "m")
+    assert spec_name("vllm:m") == "vllm:m" and spec_name("org/model") == "org/model"
 
 
 def test_vllm_missing_is_a_clear_error():
@@ -150,7 +158,7 @@ def test_vllm_missing_is_a_clear_error():
         import vllm  # noqa: F401
     except ImportError:
         with pytest.raises(ImportError, match="pip install vllm"):
-            make_backend("vllm:/some/checkpoint")
+            open_backend("vllm:/some/checkpoint")
     else:
         pytest.skip("vllm is installed")
 

@@ -143,18 +143,18 @@ def test_bad_lines_become_named_rejections(tmp_path):
     assert all(isinstance(r, Rejection) for r in rej)
     assert [r.source for r in rej] == [f"d.jsonl:{i}" for i in range(2, 2 + len(bad))]
     assert [r.reason for r in rej] == [
-        "bad_json",
-        "bad_json",
-        "missing_field",
-        "bad_intrinsics",
-        "bad_intrinsics",
-        "bad_field",
-        "length_mismatch",
-        "nonfinite_depth",
-        "nonpositive_depth",
-        "bad_field",
+        "invalid_record",
+        "invalid_record",
+        "invalid_record",
+        "bad_calibration",
+        "bad_calibration",
+        "invalid_record",
+        "invalid_record",
+        "bad_depth",
+        "bad_depth",
+        "invalid_record",
         "no_labels",
-        "bad_field",
+        "invalid_record",
     ]
     assert "fx" in rej[4].detail and "[1.5, 2]" in rej[5].detail
 

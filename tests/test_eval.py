@@ -12,8 +12,9 @@ import yaml
 from typer.testing import CliRunner
 
 from vlm3.cli import app
-from vlm3.eval.bench import BenchError, bench_dir, bench_from_dict, load_bench, make_sample_list, read_sample_list, resolve_settings
-from vlm3.eval.run import EvalError, model_meta, read_predictions, run_eval
+from vlm3.eval.bench import BenchError, bench_dir, bench_from_dict, load_bench, make_sample_list, read_sample_list
+from vlm3.eval.run import EvalError, read_predictions, run_eval
+from vlm3.settings import SettingsError, model_settings_for, resolve_settings
 from support import serve_in_thread
 from vlm3.models.backend import Backend
 
@@ -25,19 +26,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A tiny Qwen2.5-VL whose answers depend on the input (weights redrawn with std 0.1), saved."""
-    import torch
-
-    from vlm3.models.hf import load_model_and_processor
-    from vlm3.models.tiny import build_tiny_model, redraw_weights
-
-    torch.set_num_threads(1)  # tiny model: extra threads only spin on a shared machine
-    folder = build_tiny_model("qwen2_5_vl", tmp_path_factory.mktemp("tiny") / "m")
-    model, processor = load_model_and_processor(folder)
-    redraw_weights(model, std=0.1)
-    model.save_pretrained(folder)
-    return folder
+def model_dir(answering_model) -> Path:
+    return answering_model
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +82,11 @@ class Oracle(Backend):
         from vlm3.tasks.samples import build_sample, load_images
 
         data = resolve_data(bench, cache, progress=False)
-        opts, _ = resolve_settings(bench.task, None, bench.settings)
+        settings, _ = resolve_settings(None, bench.settings)
         self.table: dict[tuple[str, str], str] = {}
         for rec in load_records(data).values():
             try:
-                sample = build_sample(rec, load_images(rec, image_root(data)), opts, all_points=True)
+                sample = build_sample(rec, load_images(rec, image_root(data)), bench.task, settings)
             except ValueError:
                 continue  # no labels of this task
             key = self._key(sample.images)
@@ -264,16 +254,16 @@ def test_bench_config_errors_name_file_field_and_value(tmp_path):
 
 def test_settings_come_from_the_model_then_the_bench_then_defaults(tmp_path):
     (tmp_path / "vlm3.json").write_text(json.dumps({"task": "depth", "unify": True, "focal": 140, "size_multiple": 28, "resize_to": None, "n_coords": 1000, "packing": "multi_turn", "answer_style": "short", "depth_type": "z"}))
-    meta, source = model_meta(str(tmp_path))
-    assert source == str(tmp_path / "vlm3.json")
-    opts, sources = resolve_settings("depth", meta, {"focal": 1000, "depth_type": "range"})
+    meta = model_settings_for(str(tmp_path))
+    assert meta.path == str(tmp_path / "vlm3.json") and meta.task == "depth"
+    opts, sources = resolve_settings(meta.settings.model_dump(), {"focal": 1000, "depth_type": "range"})
     assert (opts.focal, opts.size_multiple, opts.n_coords, opts.depth_type) == (140, 28, 1000, "z")
     assert sources["focal"] == "model"
-    opts, sources = resolve_settings("depth", None, {"focal": 750})
+    opts, sources = resolve_settings(None, {"focal": 750})
     assert (opts.focal, opts.n_coords, opts.depth_type, sources["focal"], sources["n_coords"]) == (750, 2000, "range", "bench", "default")
-    assert model_meta("http://127.0.0.1:1") == (None, None)
-    with pytest.raises(EvalError, match="no vlm3.json"):
-        model_meta("http://127.0.0.1:1", tmp_path / "nothing")
+    assert model_settings_for("http://127.0.0.1:1") is None
+    with pytest.raises(SettingsError, match="no vlm3.json"):
+        model_settings_for("http://127.0.0.1:1", tmp_path / "nothing")
 
 
 # --- every task on synthetic data ---------------------------------------------------------------

@@ -96,7 +96,7 @@ def test_unify_pil_and_size_multiple() -> None:
 
 def test_unify_rejects_mismatched_image() -> None:
     with pytest.raises(ValueError, match="image is 10x10 but intrinsics describe 20x10"):
-        unify_focal(np.zeros((10, 10)), Intrinsics(10, 10, 5, 5, 20, 10))
+        unify_focal(np.zeros((10, 10)), Intrinsics(10, 10, 5, 5, 20, 10), 1000)
 
 
 def test_unify_with_distortion_round_trip() -> None:

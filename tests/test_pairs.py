@@ -1,37 +1,26 @@
-"""Covisibility, ground-truth matches, pair selection and eval lists on analytically rendered scenes."""
+"""Covisibility, ground-truth matches, pair selection and scene records on analytically rendered scenes."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
 
 from vlm3.data.adapters.base import AdapterOptions, Rejection
-from vlm3.data.pairs import (
+from vlm3.data.covis import (
     DepthFrame,
-    EvalPair,
-    FrameError,
-    FrameSource,
-    SceneConfig,
-    candidate_pairs,
     covisibility,
     covisibility_from_ids,
-    eval_pairs_from_records,
-    gt_matches,
-    pinhole_frame,
-    read_eval_list,
-    sample_matches,
-    scene_records,
-    select_pairs,
+    transfer_points,
+    valid_depth,
     symmetric_covisibility,
     symmetric_covisibility_from_ids,
     visible_in,
-    write_eval_list,
 )
+from vlm3.data.scenes import FrameError, FrameSource, SceneConfig, candidate_pairs, pinhole_frame, scene_records, select_pairs
 from vlm3.data.records import Record, View
-from vlm3.geometry.camera import Intrinsics, rays
-from vlm3.geometry.pose import invert_T, make_T, transform_points
+from vlm3.data.sampling import values_at
+from vlm3.geometry.camera import Intrinsics, backproject, project, rays
+from vlm3.geometry.pose import invert_T, make_T, relative_pose, transform_points
 from scipy.spatial.transform import Rotation
 
 K = Intrinsics(50.0, 50.0, 32.0, 24.0, 64, 48)
@@ -72,6 +61,30 @@ def cam_at(x: float = 0.0, y: float = 0.0, z: float = 0.0, yaw_deg: float = 0.0)
 WALL = [plane(2.0)]
 
 
+def gt_matches(
+    a: DepthFrame, b: DepthFrame, pixels_a: np.ndarray, *, rel_tol: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth matches in B of pixels of A (N, 2) through A's depth and the relative pose (as scene_records does).
+
+    The depth of each A pixel is read from the pixel containing it (exact at pixel centres).
+    Returns (pixels_b (N, 2), visible (N,)); pixels_b is meaningful only where visible is True.
+    """
+    pixels_a = np.asarray(pixels_a, dtype=np.float64).reshape(-1, 2)
+    inside = a.K.contains(pixels_a)
+    z = np.full(len(pixels_a), np.nan)
+    if inside.any():
+        z[inside] = values_at(a.depth, pixels_a[inside])
+    good = inside & valid_depth(z)
+    pixels_b = np.full((len(pixels_a), 2), np.nan)
+    visible = np.zeros(len(pixels_a), dtype=bool)
+    if good.any():
+        pts = backproject(a.K, pixels_a[good], z[good])
+        pts_b, vis = transfer_points(pts, relative_pose(a.T_cam_from_world, b.T_cam_from_world), b, rel_tol)
+        pixels_b[good] = project(b.K, pts_b)[0]
+        visible[good] = vis
+    return pixels_b, visible
+
+
 def test_identical_views_are_fully_covisible():
     a = render(K, cam_at(), WALL)
     assert covisibility(a, a) == pytest.approx(1.0)
@@ -99,7 +112,10 @@ def test_matches_reproject_onto_the_same_surface_point():
     scene = [(np.array([0.3, 0.0, 1.0]) / np.linalg.norm([0.3, 0.0, 1.0]), 2.5 / np.linalg.norm([0.3, 0.0, 1.0]), (-9, 9), (-9, 9))]
     Ta, Tb = cam_at(), cam_at(x=0.4, y=-0.1, z=0.2, yaw_deg=-8.0)
     a, b = render(K, Ta, scene), render(K, Tb, scene)
-    pa, pb = sample_matches(a, b, 50, np.random.default_rng(0))
+    jj, ii = np.nonzero(a.valid)
+    pa = np.stack([ii + 0.5, jj + 0.5], axis=1)[np.random.default_rng(0).choice(len(ii), 200, replace=False)]
+    pb, vis = gt_matches(a, b, pa)
+    pa, pb = pa[vis][:50], pb[vis][:50]
     assert len(pa) == 50
     # Independent check: cast B's ray through the match and compare the world points.
     za = cast(K, Ta, pa, scene)
@@ -107,9 +123,6 @@ def test_matches_reproject_onto_the_same_surface_point():
     zb = cast(K, Tb, pb, scene)
     Xb = transform_points(invert_T(Tb), rays(K, pb) * zb[:, None])
     assert np.abs(Xa - Xb).max() < 1e-4
-    # Reprojection: A's depth through the relative pose lands on the match within 0.5 px.
-    pb2, vis = gt_matches(a, b, pa)
-    assert vis.all() and np.abs(pb2 - pb).max() < 0.5
 
 
 def test_occluded_points_are_excluded():
@@ -139,19 +152,6 @@ def test_invalid_depth_in_b_is_not_a_match():
     b = render(K, cam_at(), WALL)
     b.depth[:, 32:] = 0.0  # right half of B has no depth
     assert covisibility(a, b, stride=1) == pytest.approx(0.5, abs=0.02)
-
-
-def test_sample_matches_is_deterministic_by_seed():
-    a, b = render(K, cam_at(), WALL), render(K, cam_at(x=0.5), WALL)
-    p1 = sample_matches(a, b, 20, np.random.default_rng(7))
-    p2 = sample_matches(a, b, 20, np.random.default_rng(7))
-    p3 = sample_matches(a, b, 20, np.random.default_rng(8))
-    assert np.array_equal(p1[0], p2[0]) and np.array_equal(p1[1], p2[1])
-    assert not np.array_equal(p1[0], p3[0])
-    # Query pixels are pixel centres of A that B sees.
-    assert np.allclose(p1[0] % 1.0, 0.5)
-    _, vis = gt_matches(a, b, p1[0])
-    assert vis.all()
 
 
 def test_candidate_pairs_respect_gaps_and_stride():
@@ -192,7 +192,7 @@ def _frames(n: int, bad: int | None = None) -> list[FrameSource]:
 
         def load(rng, m, T=T, i=i):
             if i == bad:
-                raise FrameError("unreadable_depth", f"s/{i}.png: corrupt")
+                raise FrameError("unreadable_file", f"s/{i}.png: corrupt")
             return pinhole_frame(render(K, T, WALL).depth, K, T, rng, m)
 
         frames.append(FrameSource(f"{i:03d}", view, load, f"s/{i}.png"))
@@ -234,41 +234,10 @@ def test_scene_records_min_covisibility_is_configurable():
 def test_scene_records_bad_frame_becomes_named_rejection():
     out = list(scene_records(_frames(5, bad=2), _cfg()))
     rej = [r for r in out if isinstance(r, Rejection)]
-    assert len(rej) == 1 and rej[0].reason == "unreadable_depth" and rej[0].source == "s/2.png"
+    assert len(rej) == 1 and rej[0].reason == "unreadable_file" and rej[0].source == "s/2.png"
     pairs = [r for r in out if isinstance(r, Record) and len(r.views) == 2]
     assert pairs and all("002" not in (r.meta["frame0"], r.meta["frame1"]) for r in pairs)
     # Same when depth records are off: the failure is found while scoring pairs.
     out = list(scene_records(_frames(5, bad=2), _cfg(depth_records=False)))
-    assert [r.reason for r in out if isinstance(r, Rejection)] == ["unreadable_depth"]
+    assert [r.reason for r in out if isinstance(r, Rejection)] == ["unreadable_file"]
     assert not any(isinstance(r, Record) and len(r.views) == 1 for r in out)
-
-
-# --- eval lists ------------------------------------------------------------------------------------
-def test_eval_list_round_trips_with_the_same_hash(tmp_path):
-    records = [r for r in scene_records(_frames(6), _cfg()) if isinstance(r, Record)]
-    items = eval_pairs_from_records(records)
-    assert items and all(isinstance(p, EvalPair) for p in items)
-    items.append(EvalPair("x", "s", "a", "b", ((0.1 + 0.2, 1e-17),), ((1 / 3, 2.0),), None))
-    path = tmp_path / "lists" / "toy-v1.json"
-    digest = write_eval_list(path, items, name="toy-v1", meta={"seed": 0, "min_covisibility": 0.25})
-    back = read_eval_list(path)
-    assert back.sha256 == digest and back.pairs == items and back.name == "toy-v1"
-    assert back.meta == {"seed": 0, "min_covisibility": 0.25}
-    assert write_eval_list(tmp_path / "again.json", back.pairs, name=back.name, meta=back.meta) == digest
-    # Sampling again with the same seed reproduces the same list and hash.
-    records2 = [r for r in scene_records(_frames(6), _cfg()) if isinstance(r, Record)]
-    items2 = eval_pairs_from_records(records2) + [items[-1]]
-    assert write_eval_list(tmp_path / "third.json", items2, name="toy-v1", meta={"seed": 0, "min_covisibility": 0.25}) == digest
-
-
-def test_eval_list_detects_edits(tmp_path):
-    path = tmp_path / "l.json"
-    write_eval_list(path, [EvalPair("x", "s", "a", "b", ((1.5, 2.5),), ((3.5, 4.5),), 0.5)], name="l")
-    doc = json.loads(path.read_text())
-    doc["pairs"][0]["pixels1"][0][0] = 3.75
-    path.write_text(json.dumps(doc))
-    with pytest.raises(ValueError, match="hash"):
-        read_eval_list(path)
-    path.write_text("{}")
-    with pytest.raises(ValueError, match="not a vlm3 evaluation list"):
-        read_eval_list(path)

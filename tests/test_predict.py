@@ -13,11 +13,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vlm3.cli import app
-from vlm3.eval import predict as P
+from vlm3.infer import cli as C
+from vlm3.infer import predict as P
 from vlm3.geometry.camera import Intrinsics, project
 from vlm3.geometry.pose import make_T, ypr_to_rotation
 from vlm3.models.backend import Backend
-from vlm3.tasks.samples import SampleOptions
+from vlm3.settings import Settings, write_model_settings
 from vlm3.textref import encode_pixels
 
 runner = CliRunner()
@@ -78,7 +79,7 @@ def image_path(tmp_path_factory) -> Path:
 
 
 def test_depth_grid_writes_png_and_a_ply_that_projects_back(image_path, tmp_path):
-    opts = P.predict_settings("depth", None, **SETTINGS)
+    opts = Settings(**SETTINGS)
     pred = P.predict_depth(DepthStub(), image_path, K, grid=10, settings=opts)
     assert pred.grid_shape == (9, 12) and pred.valid.all()
     # The pixel asked about is the grid pixel mapped through the focal transform.
@@ -111,7 +112,8 @@ def test_depth_grid_writes_png_and_a_ply_that_projects_back(image_path, tmp_path
 def test_depth_z_answers_and_points_outside_the_cropped_view(image_path):
     # size_multiple 28 rounds the unified width 168 down to 168 and the height 121.2 to 112: the
     # bottom rows leave the model's view and are reported, not asked.
-    opts = P.predict_settings("depth", None, focal=140.0, size_multiple=28, depth_type="z")
+    opts = P.predict_settings(Settings(focal=140.0, depth_type="range"), size_multiple=28, depth_type="z", n_coords=None)
+    assert (opts.focal, opts.size_multiple, opts.depth_type, opts.n_coords) == (140.0, 28, "z", 2000)
     pts = np.array([[10.5, 10.5], [60.5, 88.5]])
     pred = P.predict_depth(DepthStub(), image_path, K, points=pts, settings=opts)
     assert pred.valid.tolist() == [True, False] and pred.raw[1] == "" and pred.coords[1].tolist() == [-1, -1]
@@ -122,21 +124,28 @@ def test_depth_z_answers_and_points_outside_the_cropped_view(image_path):
         P.predict_depth(DepthStub(), image_path, K, settings=opts)
 
 
-def test_tiny_model_answers_are_counted_not_crashing(image_path, tmp_path):
+@pytest.mark.slow
+def test_tiny_model_answers_go_through_the_task_parsers(image_path, tmp_path):
+    """A real local backend: every raw answer is read by the task's parser, the files count what
+    parsed, and the processor note describes the unified image the model was shown."""
     import torch
 
     from vlm3.models.local import LocalBackend
     from vlm3.models.tiny import build_tiny_model
+    from vlm3.tasks.depth import parse_depth
+    from vlm3.tasks.pose import parse_pose
 
     torch.set_num_threads(1)
     backend = LocalBackend.from_pretrained(build_tiny_model("qwen2_5_vl", tmp_path / "m"), batch_size=8)
-    opts = P.predict_settings("depth", None, focal=140.0, size_multiple=28)
-    pred = P.predict_depth(backend, image_path, K, grid=30, settings=opts, max_new_tokens=4)
-    assert len(pred.raw) == 12 and pred.parsed.sum() + (~pred.parsed).sum() == 12
-    paths = P.write_depth_outputs(pred, image_path, tmp_path / "o")
-    assert paths["depth_map"].is_file() and json.loads(paths["points"].read_text())["n"] == 12
-    pose = P.predict_pose(backend, image_path, image_path, K, settings=P.predict_settings("pose", None, focal=140.0), max_new_tokens=4)
-    assert pose.parsed in (True, False) and isinstance(pose.raw, str)
+    pred = P.predict_depth(backend, image_path, K, grid=30, settings=Settings(focal=140.0, size_multiple=28), max_new_tokens=4)
+    parsed = [parse_depth(r) is not None for r in pred.raw]
+    assert len(pred.raw) == 12 and pred.parsed.tolist() == parsed
+    assert pred.valid.tolist() == [p and parse_depth(r) > 0 for p, r in zip(parsed, pred.raw)]
+    assert pred.processor["images"][0]["size"] == [168, 112]  # 120x90 at fx 100, fy 104 -> focal 140, cropped to 28s
+    doc = json.loads(P.write_depth_outputs(pred, image_path, tmp_path / "o")["points"].read_text())
+    assert (doc["n"], doc["parsed"], doc["valid"]) == (12, sum(parsed), int(pred.valid.sum()))
+    pose = P.predict_pose(backend, image_path, image_path, K, settings=Settings(focal=140.0), max_new_tokens=4)
+    assert pose.parsed == (parse_pose(pose.raw) is not None) and (pose.R is None) == (not pose.parsed)
 
 
 # --- pose, matches, objects ---------------------------------------------------------------------
@@ -148,13 +157,13 @@ def test_pose_answer_maps_to_T_cam2_from_cam1(image_path):
     R = ypr_to_rotation(20.0, -5.0, 2.0).T  # camera 2 turned 20 degrees right, looking down a little
     c = np.array([0.6, 0.0, 0.8]) * 1.5  # ...and moved right and forward, 1.5 m
     T = make_T(R, -R @ c)
-    result = P.predict_pose(Fixed(pose_answer(T, True)), image_path, image_path, K, settings=SampleOptions(task="pose", focal=140.0))
+    result = P.predict_pose(Fixed(pose_answer(T, True)), image_path, image_path, K, settings=Settings(focal=140.0))
     assert result.parsed and math.isclose(result.distance, 1.5)
     assert (round(result.yaw, 1), round(result.pitch, 1), round(result.roll, 1)) == (20.0, -5.0, 2.0)
     np.testing.assert_allclose(result.R, R, atol=1e-3)
     np.testing.assert_allclose(result.t, T[:3, 3], atol=0.02)
     np.testing.assert_allclose(result.direction, [0.6, 0.0, 0.8], atol=0.01)
-    failed = P.predict_pose(Fixed("no idea"), image_path, image_path, K, settings=SampleOptions(task="pose", focal=140.0))
+    failed = P.predict_pose(Fixed("no idea"), image_path, image_path, K, settings=Settings(focal=140.0))
     assert not failed.parsed and failed.R is None and failed.to_dict()["raw"] == "no idea"
 
 
@@ -165,7 +174,7 @@ def test_matches_come_back_in_the_second_images_own_pixels(image_path, tmp_path)
     small = np.asarray(Image.fromarray(img).resize((W // 2, H // 2), Image.BILINEAR))
     K2 = K.scaled(0.5, 0.5, width=W // 2, height=H // 2)
     pts = np.array([[10.5, 20.5], [100.5, 70.5], [60.0, 45.0]])
-    opts = P.predict_settings("correspondence", None, **SETTINGS)
+    opts = Settings(**SETTINGS)
     pred = P.predict_match(EchoStub(), img, small, pts, K, K2, opts)
     assert pred.parsed.all()
     np.testing.assert_allclose(pred.uv2, pts * 0.5, atol=W / 2000)
@@ -175,7 +184,7 @@ def test_matches_come_back_in_the_second_images_own_pixels(image_path, tmp_path)
 
 def test_object_questions_use_unified_boxes(image_path):
     backend = Fixed("Correct, it is.")
-    opts = P.predict_settings("object", None, **SETTINGS)
+    opts = Settings(**SETTINGS)
     answers = P.predict_object(backend, image_path, K, [[0, 0, 60, 45], [60, 45, 120, 90], [10, 10, 20, 20]], ask="above", settings=opts)
     assert [a.boxes for a in answers] == [[0, 1], [0, 2]] and all(a.value is True for a in answers)
     # The unified image is 168 x 121 px (fx, fy -> 140): y = 45 maps to 60.58 px = 1001 of 2000.
@@ -193,17 +202,17 @@ def test_object_questions_use_unified_boxes(image_path):
 def test_intrinsics_guess_and_cli_conventions():
     guess = P.estimate_intrinsics(640, 480)
     assert math.isclose(guess.fx, 320 / math.tan(math.radians(30))) and (guess.cx, guess.cy) == (320, 240)
-    K1, estimated = P.resolve_cli_intrinsics(640, 480, 500.0)
+    K1, estimated = C.resolve_cli_intrinsics(640, 480, 500.0)
     assert not estimated and (K1.fx, K1.fy, K1.cx, K1.cy) == (500.0, 500.0, 320.0, 240.0)
-    K2, _ = P.resolve_cli_intrinsics(640, 480, 500.0, 510.0, 319.5, 239.5)
+    K2, _ = C.resolve_cli_intrinsics(640, 480, 500.0, 510.0, 319.5, 239.5)
     assert (K2.fy, K2.cx, K2.cy) == (510.0, 320.0, 240.0)  # OpenCV principal point +0.5
-    np.testing.assert_array_equal(P.parse_cli_points(["1,2 3,4", "5.5,6;7,8"]), [[1, 2], [3, 4], [5.5, 6], [7, 8]])
+    np.testing.assert_array_equal(C.parse_cli_points(["1,2 3,4", "5.5,6;7,8"]), [[1, 2], [3, 4], [5.5, 6], [7, 8]])
     with pytest.raises(ValueError, match="intrinsics are required"):
-        P.resolve_cli_intrinsics(640, 480, None)
+        C.resolve_cli_intrinsics(640, 480, None)
     with pytest.raises(ValueError, match="not both"):
-        P.resolve_cli_intrinsics(640, 480, 500.0, estimate=True)
+        C.resolve_cli_intrinsics(640, 480, 500.0, estimate=True)
     with pytest.raises(ValueError, match="must be x,y"):
-        P.parse_cli_points(["12"])
+        C.parse_cli_points(["12"])
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -220,7 +229,7 @@ def stubbed(monkeypatch):
         "pose-stub": Fixed(pose_answer(make_T(np.eye(3), [0.0, 0.0, -1.0]), True)),
         "object-stub": Fixed("No, it is not."),
     }
-    monkeypatch.setattr("vlm3.eval.run.open_backend", lambda spec, *a, **k: stubs[spec])
+    monkeypatch.setattr("vlm3.models.backend.open_backend", lambda spec, *a, **k: stubs[spec])
     return stubs
 
 
@@ -238,11 +247,14 @@ def test_cli_predict_depth_grid_and_points(stubbed, image_path, tmp_path):
     uv, _ = project(K, xyz)  # the same camera as --fx 100 --fy 104 --cx 60.5 --cy 44
     np.testing.assert_allclose(uv - 0.5, [[p["x"], p["y"]] for p in doc["points"]], atol=1e-3)
 
-    result = runner.invoke(app, ["predict", "depth", str(image_path), "--model", "depth-stub", "--estimate-intrinsics", "--points", "3,4 100,80", "--out", str(tmp_path / "pts")])
+    # Settings: the checkpoint's vlm3.json (--meta), then command-line overrides, then defaults.
+    meta = write_model_settings(tmp_path / "ckpt", "depth", Settings(focal=150.0, n_coords=1000, depth_type="z"))
+    result = runner.invoke(app, ["predict", "depth", str(image_path), "--model", "depth-stub", "--estimate-intrinsics", "--points", "3,4 100,80", "--meta", str(meta.parent), "--n-coords", "500", "--out", str(tmp_path / "pts")])
     assert result.exit_code == 0, result.output
     assert "intrinsics guessed" in result.output and "60 degree" in result.output
     doc = json.loads((tmp_path / "pts" / "points.json").read_text())
     assert [(p["x"], p["y"]) for p in doc["points"]] == [(3.0, 4.0), (100.0, 80.0)] and doc["intrinsics_estimated"]
+    assert (doc["settings"]["focal"], doc["settings"]["n_coords"], doc["depth_type"], doc["settings_from"]) == (150.0, 500, "z", str(meta))
 
 
 def test_cli_predict_pose_match_object(stubbed, image_path, tmp_path):
@@ -251,7 +263,7 @@ def test_cli_predict_pose_match_object(stubbed, image_path, tmp_path):
     doc = json.loads((tmp_path / "pose.json").read_text())
     assert doc["parsed"] and doc["distance_m"] == 1.0 and doc["direction"] == [0.0, 0.0, 1.0] and doc["yaw_deg"] == 0.0
 
-    result = runner.invoke(app, ["predict", "match", str(image_path), str(image_path), "--model", "echo-stub", "--fx", "100", "--points", "10,20", "--points", "50,60", "--out", str(tmp_path)])
+    result = runner.invoke(app, ["predict", "corr", str(image_path), str(image_path), "--model", "echo-stub", "--fx", "100", "--points", "10,20", "--points", "50,60", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     matches = json.loads((tmp_path / "matches.json").read_text())["matches"]
     assert [(round(m["x2"]), round(m["y2"])) for m in matches] == [(10, 20), (50, 60)] and (tmp_path / "matches.png").is_file()

@@ -18,7 +18,8 @@ from vlm3.data.adapters.depthlm_jsonl import DepthLMJsonlAdapter
 from vlm3.data.io import image_root, read_manifest, read_records, shard_paths
 from vlm3.data.prepare import PrepareError, PrepareOptions, prepare, unified_image_name
 from vlm3.data.records import Record
-from vlm3.data.validate import REASONS, check_images, load_images, make_record
+from vlm3.data.adapters.base import REASONS
+from vlm3.data.validate import check_images, load_images, make_record
 
 IBIMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ibims1"
 needs_ibims = pytest.mark.skipif(not (IBIMS / "ibims1_val.jsonl").is_file(), reason="iBims-1 sample not available")
@@ -55,15 +56,15 @@ def _fields(**kw):
 @pytest.mark.parametrize(
     "change, reason",
     [
-        (dict(depth={"pixels": [(1.5, 1.5)], "depth": [math.inf], "depth_type": "z"}), "nonfinite_depth"),
-        (dict(depth={"pixels": [(1.5, 1.5)], "depth": [0.0], "depth_type": "z"}), "nonpositive_depth"),
-        (dict(depth={"pixels": [(1.5, 1.5)], "depth": [1.0, 2.0], "depth_type": "z"}), "length_mismatch"),
-        (dict(depth={"pixels": [(math.nan, 1.5)], "depth": [1.0], "depth_type": "z"}), "nonfinite_pixel"),
-        (dict(views=[{"image": "a.png", "intrinsics": [10, 10, 2, 2, 4, -4]}]), "bad_intrinsics"),
+        (dict(depth={"pixels": [(1.5, 1.5)], "depth": [math.inf], "depth_type": "z"}), "bad_depth"),
+        (dict(depth={"pixels": [(1.5, 1.5)], "depth": [0.0], "depth_type": "z"}), "bad_depth"),
+        (dict(depth={"pixels": [(1.5, 1.5)], "depth": [1.0, 2.0], "depth_type": "z"}), "invalid_record"),
+        (dict(depth={"pixels": [(math.nan, 1.5)], "depth": [1.0], "depth_type": "z"}), "pixel_outside_image"),
+        (dict(views=[{"image": "a.png", "intrinsics": [10, 10, 2, 2, 4, -4]}]), "bad_calibration"),
         (dict(views=[{"image": "a.png", "intrinsics": [10, 10, 2, 2, 4, 4], "T_cam_from_world": [[1, 0], [0, 1]]}]), "bad_pose"),
-        (dict(depth={"pixels": [(1.5, 1.5)], "depth": [1.0], "depth_type": "disparity"}), "bad_field"),
-        (dict(colour="red"), "bad_field"),
-        (dict(views=[{"image": "a.png", "intrinsics": [10, 10, 2, 2, 4, 4], "dist": [0.1, 0.0, 0.0]}]), "bad_intrinsics"),
+        (dict(depth={"pixels": [(1.5, 1.5)], "depth": [1.0], "depth_type": "disparity"}), "invalid_record"),
+        (dict(colour="red"), "invalid_record"),
+        (dict(views=[{"image": "a.png", "intrinsics": [10, 10, 2, 2, 4, 4], "dist": [0.1, 0.0, 0.0]}]), "bad_calibration"),
     ],
 )
 def test_make_record_reasons(change, reason):
@@ -76,7 +77,7 @@ def test_make_record_missing_field():
     fields = _fields()
     del fields["views"]
     r = make_record("s", **fields)
-    assert r.reason == "missing_field" and "views" in r.detail
+    assert r.reason == "invalid_record" and "views" in r.detail
 
 
 def test_check_images(tmp_path):
@@ -85,14 +86,14 @@ def test_check_images(tmp_path):
     assert isinstance(rec, Record) and check_images(rec, tmp_path) is None
     arrays = load_images(rec, tmp_path)
     assert [a.shape for a in arrays] == [(4, 4, 3)]
-    assert check_images(rec, tmp_path / "nowhere").reason == "missing_image"
+    assert check_images(rec, tmp_path / "nowhere").reason == "missing_file"
     out = make_record("s", **_fields(depth={"pixels": [(4.0, 1.0)], "depth": [1.0], "depth_type": "z"}))
     assert check_images(out, tmp_path).reason == "pixel_outside_image"
     small = make_record("s", **_fields(views=[{"image": "a.png", "intrinsics": [10, 10, 2, 2, 5, 4]}]))
-    assert check_images(small, tmp_path).reason == "image_size_mismatch"
+    assert check_images(small, tmp_path).reason == "size_mismatch"
     data = (tmp_path / "a.png").read_bytes()
     (tmp_path / "a.png").write_bytes(data[: len(data) // 2])
-    assert check_images(rec, tmp_path).reason == "corrupt_image"
+    assert check_images(rec, tmp_path).reason == "unreadable_file"
 
 
 # --- real data ----------------------------------------------------------------------------------
@@ -158,9 +159,9 @@ def test_damaged_copy_gives_97_records_and_three_named_rejections(tmp_path):
 
     report = prepare("depthlm-jsonl", src, tmp_path / "out", PrepareOptions(options={"chunk_size": "40"}), progress=False)
     assert report.records == 97 and report.depth_points == 9_700
-    assert report.rejected == {"corrupt_image": 1, "nonfinite_depth": 1, "pixel_outside_image": 1}
-    assert report.examples["corrupt_image"][0].startswith("ibims1_val.jsonl:5:")
-    assert report.examples["nonfinite_depth"][0].startswith("ibims1_val.jsonl:21:")
+    assert report.rejected == {"unreadable_file": 1, "bad_depth": 1, "pixel_outside_image": 1}
+    assert report.examples["unreadable_file"][0].startswith("ibims1_val.jsonl:5:")
+    assert report.examples["bad_depth"][0].startswith("ibims1_val.jsonl:21:")
     assert report.examples["pixel_outside_image"][0].startswith("ibims1_val.jsonl:61:")
     assert len(list(read_records(tmp_path / "out"))) == 97
     assert read_manifest(tmp_path / "out")["rejected"] == report.rejected

@@ -1,4 +1,4 @@
-"""The processor's own resize: predicted sizes equal the real Qwen-VL processors' output, K follows it."""
+"""The processor's own resize: predicted sizes equal the real Qwen-VL processors' output."""
 
 from __future__ import annotations
 
@@ -7,19 +7,9 @@ import pytest
 from PIL import Image
 from transformers import Qwen2VLImageProcessor
 
-from vlm3.geometry.camera import Intrinsics, backproject, project
+from vlm3.geometry.camera import Intrinsics
 from vlm3.geometry.unify import unified_intrinsics
-from vlm3.models.processor import (
-    ProcessorResizeError,
-    check_no_resize,
-    effective_intrinsics,
-    is_unchanged,
-    patch_multiple_of,
-    pixel_budget,
-    processor_resize,
-    resize_report,
-    set_pixel_budget,
-)
+from vlm3.models.processor import patch_multiple_of, pixel_budget, resize_report, set_pixel_budget
 from vlm3.models.tiny import build_processor
 
 # Sizes around patch multiples, odd sizes, extreme aspect ratios, tiny and large images.
@@ -45,6 +35,11 @@ def processors() -> dict[str, object]:
         "qwen2_5_vl_release": Qwen2VLImageProcessor(patch_size=14, merge_size=2, min_pixels=3136, max_pixels=12845056),
         "qwen3_vl_release": Qwen2VLImageProcessor(patch_size=16, merge_size=2, min_pixels=65536, max_pixels=16777216),
     }
+
+
+def processor_resize(width: int, height: int, processor) -> tuple[int, int]:
+    report = resize_report(width, height, processor)
+    return report.new_width, report.new_height
 
 
 def _processed_size(processor, width: int, height: int) -> tuple[int, int]:
@@ -82,58 +77,20 @@ def test_pinned_budget_is_what_the_processor_uses():
         set_pixel_budget(processor, min_pixels=10_000, max_pixels=100)
 
 
-def test_check_no_resize_messages(processors):
+def test_resize_report_messages(processors):
     qwen25, qwen3 = processors["tiny_qwen2_5_vl"], processors["tiny_qwen3_vl"]
-    check_no_resize(112, 84, qwen25)
-    check_no_resize(128, 96, qwen3)
-    assert is_unchanged(448, 448, qwen25) and is_unchanged(448, 448, qwen3)
-    assert not is_unchanged(112, 84, qwen3)
-    with pytest.raises(ProcessorResizeError) as err:
-        check_no_resize(100, 75, qwen25, fx=140.0)
-    message = str(err.value)
+    assert not resize_report(112, 84, qwen25).resized and not resize_report(128, 96, qwen3).resized
+    assert not resize_report(448, 448, qwen25).resized and not resize_report(448, 448, qwen3).resized
+    assert resize_report(112, 84, qwen3).resized
+    message = resize_report(100, 75, qwen25).describe(140.0)
     assert "100x75 to 112x84" in message and "+12.00%" in message and "140.00 -> 156.80 px" in message
     assert "multiples of 28" in message
     # A patch multiple outside the pixel budget is resized too, and says so.
-    with pytest.raises(ProcessorResizeError, match="outside that budget"):
-        check_no_resize(28, 28, qwen25)
-    with pytest.raises(ProcessorResizeError, match="outside that budget"):
-        check_no_resize(560, 448, qwen25)
+    assert "outside that budget" in resize_report(28, 28, qwen25).describe()
+    assert "outside that budget" in resize_report(560, 448, qwen25).describe()
     report = resize_report(100, 70, qwen25)
     assert (report.new_width, report.new_height) == (112, 56)  # 70 / 28 = 2.5 rounds half to even
     assert report.scale_x == pytest.approx(1.12) and report.scale_y == pytest.approx(0.8)
-
-
-def test_effective_intrinsics_is_the_processor_scale(processors):
-    processor = processors["tiny_qwen2_5_vl"]
-    K = Intrinsics(fx=140.0, fy=140.0, cx=50.0, cy=35.0, width=100, height=70)
-    E = effective_intrinsics(K, processor)
-    assert (E.width, E.height) == (112, 56)
-    assert E.fx == pytest.approx(140 * 1.12) and E.fy == pytest.approx(140 * 0.8)
-    assert E.cx == pytest.approx(56.0) and E.cy == pytest.approx(28.0)
-    unchanged = Intrinsics(140.0, 140.0, 56.0, 42.0, 112, 84)
-    assert effective_intrinsics(unchanged, processor) is unchanged
-
-
-@pytest.mark.parametrize("name", ["tiny_qwen2_5_vl", "tiny_qwen3_vl"])
-def test_effective_intrinsics_predicts_processed_pixels(processors, name):
-    """A bright square seen through the real processor lands where the effective K projects it."""
-    processor = processors[name]
-    ip = processor.image_processor
-    K = Intrinsics(fx=120.0, fy=120.0, cx=50.0, cy=35.0, width=100, height=70)
-    E = effective_intrinsics(K, processor)
-    image = np.full((K.height, K.width, 3), 40, dtype=np.uint8)
-    x0, y0 = 61, 22
-    image[y0 : y0 + 8, x0 : x0 + 8] = 220  # pixels [61, 69) x [22, 30): centre (65, 26), corner-origin
-    point = backproject(K, np.array([[x0 + 4.0, y0 + 4.0]]), np.array([2.0]))  # the 3D point seen there
-    out = ip(images=[Image.fromarray(image)], return_tensors="pt")
-    resized = _unpatchify(out["pixel_values"].numpy(), out["image_grid_thw"][0].tolist(), ip.patch_size, ip.merge_size)
-    assert resized.shape == (E.height, E.width)
-    weights = resized - np.median(resized)
-    rows, cols = np.mgrid[0 : E.height, 0 : E.width] + 0.5  # pixel centres, corner-origin
-    centroid = np.array([(weights * cols).sum(), (weights * rows).sum()]) / weights.sum()
-    expected = project(E, point)[0][0]
-    # Within 0.02 px; a centre-origin scale would be off by |s - 1| / 2, 0.02 to 0.10 px here.
-    np.testing.assert_allclose(centroid, expected, atol=0.02)
 
 
 def test_unified_size_multiple_avoids_the_resize(processors):
@@ -144,8 +101,7 @@ def test_unified_size_multiple_avoids_the_resize(processors):
         for fx, w, h in [(500.0, 640, 480), (300.0, 320, 240), (1000.0, 1000, 750)]:
             K = Intrinsics(fx, fx, w / 2, h / 2, w, h)
             U = unified_intrinsics(K, target=140.0, size_multiple=multiple)
-            check_no_resize(U.width, U.height, processor, fx=U.fx)
-            assert effective_intrinsics(U, processor) == U
+            assert not resize_report(U.width, U.height, processor).resized, (name, U)
 
 
 def test_rejects_non_qwen_processors_and_bad_sizes(processors):
@@ -154,11 +110,3 @@ def test_rejects_non_qwen_processors_and_bad_sizes(processors):
     with pytest.raises(ValueError, match="positive"):
         processor_resize(0, 100, processors["tiny_qwen3_vl"])
 
-
-def _unpatchify(pixel_values: np.ndarray, grid_thw: list[int], patch: int, merge: int) -> np.ndarray:
-    """Invert Qwen-VL's patch layout for one image -> its first channel as (H, W)."""
-    _, gh, gw = grid_thw
-    channels = 3
-    x = pixel_values.reshape(gh // merge, gw // merge, merge, merge, channels, -1, patch, patch)[:, :, :, :, :, 0]
-    x = x.transpose(4, 0, 2, 5, 1, 3, 6).reshape(channels, gh * patch, gw * patch)
-    return x[0]

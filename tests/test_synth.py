@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 
 from vlm3.cli import app
 from vlm3.data.io import image_root, read_manifest, read_records
+from vlm3.data.prepare import PrepareOptions, prepare
 from vlm3.data.records import check_pixels_inside
 from vlm3.data.synth import (
     SURFACE_NAMES,
@@ -26,12 +28,16 @@ from vlm3.data.synth import (
 from vlm3.data.synth.scene import FLOOR, SKY
 from vlm3.data.unify import unify_record
 from vlm3.geometry import backproject, depth_map_to_points, invert_T, project, transform_points
+from vlm3.tasks import tasks_of
 
 SMALL = {"width": (64, 64)}
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Images, dense maps and all records (in order) of a dataset; not the run's timing or paths."""
+    files = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.parent.name in ("images", "dense")}
+    files["records"] = b"".join(p.read_bytes() for p in sorted((root / "records").glob("*.jsonl")))
+    return files
 
 
 def _view_points_world(view) -> np.ndarray:
@@ -46,12 +52,17 @@ def _view_points_world(view) -> np.ndarray:
 def test_same_seed_same_bytes_and_parallel_matches_serial(tmp_path: Path) -> None:
     fam = get_family("random_rig", **SMALL)
     a = generate(fam, 4, tmp_path / "a", seed=3, save_depth=True, progress=False)
-    b = generate(fam, 4, tmp_path / "b", seed=3, save_depth=True, progress=False, workers=2)
+    # The same scenes through `vlm3 prepare synth` in parallel, two scenes per shard.
+    opts = PrepareOptions(workers=2, seed=3, options={"family": json.dumps(fam.params()), "scenes": "4", "save_depth": "true", "scenes_per_shard": "2"})
+    (tmp_path / "b").mkdir()
+    report = prepare("synth", tmp_path / "b", tmp_path / "b", opts, progress=False)
+    assert report.complete and report.records == 4 and len(list((tmp_path / "b" / "records").glob("*.jsonl"))) == 2
+    b = tmp_path / "b"
     c = generate(fam, 4, tmp_path / "c", seed=4, save_depth=True, progress=False)
     fa, fb, fc = _files(a), _files(b), _files(c)
     assert fa == fb
-    assert len(fa) == 1 + 1 + 4 * 2 * 3  # manifest, one shard, per scene 2 views x (png, npy, ids)
-    assert fa["records/00000.jsonl"] != fc["records/00000.jsonl"]
+    assert len(fa) == 1 + 4 * 2 * 3  # records, per scene 2 views x (png, npy, ids)
+    assert fa["records"] != fc["records"]
     png_a = [v for k, v in fa.items() if k.endswith("_0.png")]
     png_c = [v for k, v in fc.items() if k.endswith("_0.png")]
     assert not set(png_a) & set(png_c)
@@ -206,15 +217,16 @@ def test_dataset_records_round_trip_and_match_the_files(tmp_path: Path) -> None:
     fam = get_family("outdoor", width=(48, 96), aspect=(0.75, 1.5), fy_ratio=(0.9, 1.1), principal_jitter=0.05)
     out = generate(fam, 5, tmp_path / "ds", seed=1, points=12, matches=7, save_depth=True, progress=False, split="val")
     manifest = read_manifest(out)
-    assert manifest["dataset"] == "outdoor" and manifest["family"] == "outdoor" and manifest["seed"] == 1
-    assert manifest["num_records"] == 5 and manifest["image_root"] == "."
-    assert manifest["family_params"]["fy_ratio"] == [0.9, 1.1]
-    assert family_from_params(manifest["family_params"]) == fam  # the manifest reproduces the scenes
+    info = manifest["source"]["info"]
+    assert manifest["dataset"] == "outdoor" and info["family"] == "outdoor" and manifest["seed"] == 1
+    assert manifest["size"] == 5 and manifest["image_root"] == "." and manifest["source"]["adapter"] == "synth"
+    assert info["family_params"]["fy_ratio"] == [0.9, 1.1]
+    assert family_from_params(info["family_params"]) == fam  # the manifest reproduces the scenes
     records = list(read_records(out))
     assert [r.id for r in records] == [f"outdoor-1-{i:06d}" for i in range(5)]
     root = image_root(out, manifest)
     for i, rec in enumerate(records):
-        assert rec.split == "val" and rec.tasks() == ["depth", "pose", "correspondence", "object"]
+        assert rec.split == "val" and tasks_of(rec) == ["depth", "pose", "correspondence", "object"]
         assert not check_pixels_inside(rec)
         assert len(rec.depth.pixels) == 12 and len(rec.matches.pixels0) == 7
         assert rec.covisibility >= 0.25
@@ -237,10 +249,10 @@ def test_dataset_records_round_trip_and_match_the_files(tmp_path: Path) -> None:
 
 
 def test_single_view_tasks_write_one_image_and_no_pose(tmp_path: Path) -> None:
-    out = generate("fixed_rig", 2, tmp_path / "d", tasks=["depth", "objects"], progress=False)
+    out = generate("fixed_rig", 2, tmp_path / "d", tasks=["depth", "object"], progress=False)
     for rec in read_records(out):
         assert len(rec.views) == 1 and rec.matches is None and rec.views[0].T_cam_from_world is None
-        assert rec.tasks() in (["depth", "object"], ["depth"])
+        assert tasks_of(rec) in (["depth", "object"], ["depth"])
     assert len(list((out / "images").iterdir())) == 2
     with pytest.raises(FileExistsError, match="overwrite"):
         generate("fixed_rig", 1, out, progress=False)
@@ -295,12 +307,12 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     manifest = read_manifest(out)
-    assert manifest["dataset"] == "rooms" and manifest["family_params"]["camera_height"] == [1.2, 1.3]
+    assert manifest["dataset"] == "rooms" and manifest["source"]["info"]["family_params"]["camera_height"] == [1.2, 1.3]
     records = list(read_records(out))
     assert len(records) == 3
     for rec in records:
         assert rec.dataset == "rooms" and rec.objects is None and rec.views[0].T_cam_from_world is None
-        assert rec.tasks() == ["depth", "correspondence"]
+        assert tasks_of(rec) == ["depth", "correspondence"]
         K = rec.views[0].K
         assert (K.width, K.height) == (80, 60) and 90 <= K.fx <= 120
         assert len(rec.depth.pixels) == 4 and len(rec.matches.pixels0) == 6

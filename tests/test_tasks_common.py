@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from support import message_text
 from vlm3.tasks.common import (
     as_float,
     assistant_turn,
     extract_answer,
     find_quantities,
     format_signed,
-    message_text,
     parse_length,
     strip_tuples,
     user_turn,

@@ -9,11 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vlm3.tasks.common import message_text
 from vlm3.tasks.correspondence import (
     QUESTION_TEMPLATES,
     correspondence_answer,
-    correspondence_messages,
     correspondence_metrics,
     correspondence_question,
     parse_correspondence,
@@ -37,10 +35,8 @@ def test_seeded_phrasings() -> None:
     assert all("(1, 2)" in q and q.endswith("Report the answer as (x2, y2).") for q in pick)
 
 
-def test_messages() -> None:
-    user, assistant = correspondence_messages((1, 2), (3, 4))
-    assert user["content"][:2] == [{"type": "image"}, {"type": "image"}]
-    assert message_text(assistant) == "The corresponding pixel is (3, 4)."
+def test_answer_text() -> None:
+    assert correspondence_answer(3, 4) == "The corresponding pixel is (3, 4)."
 
 
 @settings(max_examples=300, deadline=None)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vlm3.tasks.common import message_text
+from support import message_text
 from vlm3.tasks.depth import (
     STYLES,
     depth_answer,

@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation
 from vlm3.tasks.object3d import (
     PREDICATES,
     QUANTITIES,
-    Object3D,
+    Region,
     clock_difference,
     clock_hour,
     format_length,
@@ -31,8 +31,8 @@ from vlm3.tasks.object3d import (
 )
 
 # A: 1 m wide, 2 m tall, lower, nearer, on the left.  B: a 0.5 m cube up, right and farther.
-A = Object3D((0, 39, 652, 999), [0.0, 0.5, 3.0], [1.0, 2.0, 0.5])
-B = Object3D((6, 380, 228, 562), [1.0, -0.5, 5.0], [0.5, 0.5, 0.5])
+A = Region((0, 39, 652, 999), [0.0, 0.5, 3.0], [1.0, 2.0, 0.5])
+B = Region((6, 380, 228, 562), [1.0, -0.5, 5.0], [0.5, 0.5, 0.5])
 
 
 @pytest.mark.parametrize(
@@ -73,8 +73,8 @@ def test_gravity_decides_up_and_horizontal() -> None:
     # The camera looks 30 degrees down: world down has a forward component in camera coordinates.
     pitch = math.radians(30)
     gravity = (0.0, math.cos(pitch), math.sin(pitch))
-    far = Object3D((0, 0, 10, 10), [0, 0, 4], [1, 1, 1])
-    near = Object3D((0, 0, 10, 10), [0, 0, 2], [1, 1, 1])
+    far = Region((0, 0, 10, 10), [0, 0, 4], [1, 1, 1])
+    near = Region((0, 0, 10, 10), [0, 0, 2], [1, 1, 1])
     assert predicate_holds("below", far, near, gravity)
     assert not predicate_holds("below", far, near)  # level camera: same height
     assert quantity_value("vertical_distance", far, near, gravity) == pytest.approx(1.0)
@@ -106,16 +106,16 @@ def test_clock_difference_is_circular() -> None:
 
 def test_box_geometry() -> None:
     R = Rotation.from_rotvec([0, math.radians(30), 0]).as_matrix()  # turned about the vertical
-    box = Object3D((0, 0, 1, 1), [0, 0, 5], [2, 1, 4], R)
+    box = Region((0, 0, 1, 1), [0, 0, 5], [2, 1, 4], R)
     corners = box.corners()
     assert corners.shape == (8, 3)
     assert corners.mean(axis=0) == pytest.approx([0, 0, 5])
     assert np.ptp(corners[:, 1]) == pytest.approx(1.0)  # height stays along gravity
     assert box.volume == 8.0 and box.region == "bounding box region (0, 0, 1, 1)"
     with pytest.raises(ValueError):
-        Object3D((0, 0, 1, 1), [0, 0, 5], [2, 0, 4])
+        Region((0, 0, 1, 1), [0, 0, 5], [2, 0, 4])
     with pytest.raises(ValueError):
-        Object3D((0, 0, 1, 1), [0, 0, 5], [2, 1, 4], np.ones((3, 3)))
+        Region((0, 0, 1, 1), [0, 0, 5], [2, 1, 4], np.ones((3, 3)))
 
 
 # --- questions and answers ----------------------------------------------------------------------
@@ -163,7 +163,7 @@ def test_format_length(metres: float, text: str) -> None:
 coords = st.floats(-10, 10)
 sizes = st.floats(0.05, 5)
 objects = st.builds(
-    lambda c, s, yaw, box: Object3D(box, c, s, Rotation.from_rotvec([0, yaw, 0]).as_matrix()),
+    lambda c, s, yaw, box: Region(box, c, s, Rotation.from_rotvec([0, yaw, 0]).as_matrix()),
     st.tuples(coords, coords, st.floats(0.5, 20)),
     st.tuples(sizes, sizes, sizes),
     st.floats(-math.pi, math.pi),
@@ -173,7 +173,7 @@ objects = st.builds(
 
 @settings(max_examples=100, deadline=None)
 @given(a=objects, b=objects, seed=st.integers(0, 2**32 - 1))
-def test_round_trip(a: Object3D, b: Object3D, seed: int) -> None:
+def test_round_trip(a: Region, b: Region, seed: int) -> None:
     for qa in object_qas(a, b, rng=np.random.default_rng(seed)):
         parsed = parse_object_answer(qa.answer, qa.kind)
         if qa.kind == "quantitative":

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
 from vlm3.geometry.pose import make_T, rotation_angle_deg, t_from_center, ypr_to_rotation
-from vlm3.tasks.common import message_text
+from support import message_text
 from vlm3.tasks.pose import (
     PosePrediction,
     direction_answer,

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from vlm3.models.hf import family_of, load_model_and_processor, patch_multiple
+from vlm3.models.hf import load_model_and_processor, patch_multiple
 from vlm3.models.tiny import FAMILIES, QWEN_SPECIAL_TOKENS, build_config, build_tiny_model, count_parameters
 
 # Runs in a fresh interpreter that never imports vlm3: the saved folders must stand on their own.
@@ -91,6 +91,7 @@ def processors(built):
 # --- loading with plain transformers -------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_plain_transformers_load_forward_generate(plain_results, family):
     r = plain_results[family]
@@ -126,7 +127,7 @@ def test_config_matches_tokenizer(built, processors, family):
 
     config = AutoConfig.from_pretrained(built[family])
     tok = processors[family].tokenizer
-    assert family_of(config) == family
+    assert config.model_type == family
     assert config.text_config.vocab_size == len(tok)
     assert config.image_token_id == tok.convert_tokens_to_ids("<|image_pad|>") == processors[family].image_token_id
     assert config.video_token_id == tok.convert_tokens_to_ids("<|video_pad|>")
@@ -150,6 +151,16 @@ def test_digits_are_single_tokens(processors, family):
     # Also inside text, after a space or a bracket.
     tokens = tok.tokenize("pixel at (1234, 56) is 12.05 meters")
     assert all(len(t) == 1 for t in tokens if any(c.isdigit() for c in t))
+
+
+def test_tokenizer_corpus_is_the_registered_tasks_prompts():
+    from vlm3.models.tiny import prompt_corpus
+    from vlm3.settings import Settings
+    from vlm3.tasks import get_task, task_names
+
+    corpus = set(prompt_corpus())
+    for name in task_names():
+        assert set(get_task(name).prompts(Settings())) <= corpus, name
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -282,7 +293,7 @@ def test_load_model_and_processor(built):
     grid = processor.image_processor(images=[Image.new("RGB", (448, 448))])["image_grid_thw"][0].tolist()
     assert grid == [1, 16, 16]  # 448 px squeezed into the pinned 224 x 224 budget
     model, processor = load_model_and_processor(str(built["qwen3_vl"]))
-    assert family_of(model) == "qwen3_vl" and next(model.parameters()).dtype == torch.float32
+    assert model.config.model_type == "qwen3_vl" and next(model.parameters()).dtype == torch.float32
 
 
 def test_load_errors_name_the_path(built, tmp_path):

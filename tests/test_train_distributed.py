@@ -27,10 +27,20 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from vlm3.train.dataset import read_row_log
+pytestmark = pytest.mark.slow  # each test launches multi-process training runs
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 2
+
+
+def read_row_log(folder: str | Path) -> dict[int, list[int]]:
+    """Draws logged per rank by ``VLM3_LOG_ROWS`` (``RANK DRAW`` lines), in the order they were built."""
+    out: dict[int, list[int]] = {}
+    for path in sorted(Path(folder).glob("rows.rank*.txt")):
+        for line in path.read_text().splitlines():
+            rank, draw = line.split()
+            out.setdefault(int(rank), []).append(int(draw))
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from vlm3.settings import DEFAULT_FOCAL_PX, DEFAULT_N_COORDS
+
 app = typer.Typer(
     name="vlm3",
     help="Vision language models as native 3D learners: data, training, inference and evaluation.",
@@ -91,12 +93,16 @@ def synth(
 
 @app.command("score")
 def score_command(
-    task: str = typer.Argument(..., help="Task: depth, pose, corr or object."),
-    file: str = typer.Argument(..., help="JSONL file, one prediction/ground-truth pair per line."),
+    task: str = typer.Argument(..., help="A registered task: depth, pose, correspondence (corr), object, ..."),
+    file: str = typer.Argument(..., help="JSONL file, one prediction/ground-truth pair per line (fields: vlm3 score --formats)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
-    n_coords: int = typer.Option(2000, "--n-coords", help="Range N of text coordinates (corr text answers)."),
+    n_coords: int = typer.Option(DEFAULT_N_COORDS, "--n-coords", help="Range N of text coordinates (text answers that name pixels)."),
 ) -> None:
-    """Score pre-paired predictions (depth, pose, corr, object) without running a model."""
+    """Score pre-paired predictions of any model, without running one.
+
+    One JSON object per line; a string "pred" is raw model output and goes through the task's parser.
+    Each task's fields are in its class's score_format (vlm3.tasks), e.g. depth: {"pred": number | text | null, "gt": metres}.
+    """
     from vlm3.eval.score import run
 
     raise typer.Exit(run(task, file, as_json=as_json, n_coords=n_coords))
@@ -135,7 +141,7 @@ def prepare_command(
     adapter: str = typer.Argument(..., help="Adapter name, e.g. depthlm-jsonl (an unknown name lists them)."),
     root: str | None = typer.Option(None, "--root", help="The dataset's folder in its original layout (SRC)."),
     out: str | None = typer.Option(None, "--out", help="Output folder (DST) for records, manifest and report."),
-    focal: float = typer.Option(1000.0, "--focal", help="Unified focal length in pixels (with --materialize)."),
+    focal: float = typer.Option(DEFAULT_FOCAL_PX, "--focal", help="Unified focal length in pixels (with --materialize)."),
     size_multiple: int | None = typer.Option(None, "--size-multiple", help="Round unified image sizes to this multiple."),
     points: int | None = typer.Option(None, "--points", help="Labelled pixels kept per record (default: adapter's)."),
     workers: int = typer.Option(1, "--workers", help="Parallel worker processes."),
@@ -162,7 +168,7 @@ def prepare_command(
         err.print(f"Error: {e.args[0]}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
     if help_adapter:
-        typer.echo(f"{cls.name}: {cls.description}\ntasks: {', '.join(cls.tasks) or '-'}\n\n{cls.layout}")
+        typer.echo(f"{cls.name}: {cls.description}\nlabels: {', '.join(cls.labels) or '-'}\n\n{cls.layout}")
         return
     if root is None or out is None:
         err.print("Error: --root SRC and --out DST are required", highlight=False, markup=False, soft_wrap=True)
@@ -317,8 +323,8 @@ def eval_command(
     from rich.console import Console
 
     from vlm3.eval.bench import BenchError
-    from vlm3.eval.report import HEADLINE
     from vlm3.eval.run import EvalError, run_eval
+    from vlm3.tasks import get_task
 
     err = Console(stderr=True)
     try:
@@ -333,7 +339,7 @@ def eval_command(
         err.print(f"Error: {e}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
     m = result.metrics["metrics"]
-    key = HEADLINE[result.metrics["task"]]
+    key = get_task(result.metrics["task"]).headline
     value = m.get(key)
     shown = f"{value:.4f}" if isinstance(value, float) else str(value)
     typer.echo(f"{result.metrics['bench']['name']}: {key} = {shown} (n={m.get('n')}, parsed={m.get('parsed')}, failed={m.get('failed')}); "
@@ -364,243 +370,11 @@ def demo_command(
     typer.echo(f"report: {Path(out) / 'report.md'} and {Path(out) / 'report.html'}")
 
 
-# --- predict: depth / pose / matches / object answers for your own images (vlm3.eval.predict) --
+# --- predict: depth / pose / matches / object answers for your own images (vlm3.infer) -------
 
-predict_app = typer.Typer(
-    help="Ask a model about your own images (outputs in the original image's pixels and camera frame).",
-    no_args_is_help=True,
-)
+from vlm3.infer.cli import predict_app  # noqa: E402
+
 app.add_typer(predict_app, name="predict")
-
-_MODEL = typer.Option(..., "--model", help="Checkpoint folder / hub id, http://host:port or vllm:PATH.")
-_FX = typer.Option(None, "--fx", help="Focal length in pixels (x) of the image (required unless --estimate-intrinsics).")
-_FY = typer.Option(None, "--fy", help="Focal length in pixels (y); default fx.")
-_CX = typer.Option(None, "--cx", help="Principal point x, OpenCV convention (top-left pixel centre = 0); default the image centre.")
-_CY = typer.Option(None, "--cy", help="Principal point y, OpenCV convention; default the image centre.")
-_ESTIMATE = typer.Option(False, "--estimate-intrinsics", help="No calibration: guess a 60 degree horizontal field of view (see --hfov).")
-_HFOV = typer.Option(60.0, "--hfov", help="Horizontal field of view in degrees guessed by --estimate-intrinsics.")
-_META = typer.Option(None, "--meta", help="Read sample settings from this checkpoint folder / vlm3.json.")
-_FOCAL = typer.Option(None, "--focal", help="Unified focal length in pixels (default: the model's vlm3.json, else 1000).")
-_NCOORDS = typer.Option(None, "--n-coords", help="Text coordinate range N (default: the model's, else 2000).")
-_BATCH = typer.Option(None, "--batch-size", min=1, help="Local: questions per batch; HTTP: requests in flight.")
-_DEVICE = typer.Option("cpu", "--device", help="torch device of a local model.")
-
-
-def _predict_fail(err, e: Exception) -> None:
-    err.print(f"Error: {e}", highlight=False, markup=False, soft_wrap=True)
-    raise typer.Exit(1)
-
-
-def _predict_warn_estimate(err, K, hfov: float) -> None:
-    err.print(
-        f"warning: intrinsics guessed, not calibrated: fx = fy = {K.fx:.1f} px ({hfov:g} degree horizontal field of view), "
-        "principal point at the image centre. Metric outputs (depths, distances, point clouds) scale with this guess.",
-        highlight=False, markup=False, soft_wrap=True,
-    )
-
-
-def _predict_warn_processor(err, note) -> None:
-    for im in (note or {}).get("images", []):
-        if im["resized"]:
-            err.print(f"warning: {im['note']}", highlight=False, markup=False, soft_wrap=True)
-
-
-@predict_app.command("depth")
-def predict_depth_command(
-    image: str = typer.Argument(..., help="Image file."),
-    model: str = _MODEL,
-    out: str = typer.Option(..., "--out", help="Output folder: points.json, points.ply, depth_map.png (grids)."),
-    points: list[str] = typer.Option([], "--points", help="Pixels x,y (column,row; integer = pixel centre); repeat or space-separate."),
-    grid: int | None = typer.Option(None, "--grid", min=1, help="Ask every STRIDE pixels: a depth map and a point cloud."),
-    fx: float | None = _FX, fy: float | None = _FY, cx: float | None = _CX, cy: float | None = _CY,
-    estimate_intrinsics: bool = _ESTIMATE, hfov: float = _HFOV,
-    meta: str | None = _META, focal: float | None = _FOCAL, n_coords: int | None = _NCOORDS,
-    depth_type: str | None = typer.Option(None, "--depth-type", help="What the model answers: range or z (default: the model's, else range)."),
-    batch_size: int | None = _BATCH,
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
-    device: str = _DEVICE,
-) -> None:
-    """Metric depth at pixels or on a grid, with a depth map and a coloured point cloud."""
-    from rich.console import Console
-    from rich.progress import Progress
-
-    from vlm3.eval import predict as P
-
-    err = Console(stderr=True)
-    try:
-        img = P.load_image(image)
-        K, estimated = P.resolve_cli_intrinsics(img.shape[1], img.shape[0], fx, fy, cx, cy, estimate=estimate_intrinsics, hfov_deg=hfov)
-        pts = P.from_cli_pixels(P.parse_cli_points(points)) if points else None
-        if pts is None and grid is None:
-            raise ValueError("nothing to ask: give --points x,y ... or --grid STRIDE")
-        if pts is not None and grid is not None:
-            raise ValueError("give --points or --grid, not both")
-        if depth_type not in (None, "range", "z"):
-            raise ValueError(f"--depth-type {depth_type!r} must be range or z")
-        if estimated:
-            _predict_warn_estimate(err, K, hfov)
-        backend, settings, source = P.open_for_predict(model, "depth", meta=meta, batch_size=batch_size, device=device, focal=focal, n_coords=n_coords, depth_type=depth_type)
-        with Progress(console=err, transient=True) as bar:
-            task = bar.add_task("depth", total=None)
-            pred = P.predict_depth(backend, img, K, points=pts, grid=grid, settings=settings, max_new_tokens=max_new_tokens,
-                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
-        _predict_warn_processor(err, pred.processor)
-        paths = P.write_depth_outputs(pred, img, out, {"image": str(image), "model": model, "settings_from": source, "intrinsics_estimated": estimated})
-    except (ValueError, OSError, RuntimeError) as e:  # reported as one line, no traceback
-        _predict_fail(err, e)
-    typer.echo(f"{int(pred.valid.sum())} of {len(pred.depth)} depths parsed ({pred.depth_type}, metres); wrote " + ", ".join(str(p) for p in paths.values()))
-
-
-def _pair_intrinsics(err, a, b, k1: tuple, k2: tuple, estimate: bool, hfov: float):
-    """Intrinsics of both images from the CLI flags; image 2 defaults to image 1's focal lengths."""
-    from vlm3.eval import predict as P
-
-    fx, fy, cx, cy = k1
-    fx2, fy2, cx2, cy2 = k2
-    K1, estimated = P.resolve_cli_intrinsics(a.shape[1], a.shape[0], fx, fy, cx, cy, estimate=estimate, hfov_deg=hfov)
-    if fx2 is None and not estimated:
-        fx2, fy2 = fx, (fy if fy2 is None else fy2)
-    K2, _ = P.resolve_cli_intrinsics(b.shape[1], b.shape[0], fx2, fy2, cx2, cy2, estimate=estimate, hfov_deg=hfov, which="2")
-    if estimated:
-        _predict_warn_estimate(err, K1, hfov)
-    return K1, K2, estimated
-
-
-@predict_app.command("pose")
-def predict_pose_command(
-    image1: str = typer.Argument(..., help="First image (camera 1)."),
-    image2: str = typer.Argument(..., help="Second image (camera 2)."),
-    model: str = _MODEL,
-    out: str | None = typer.Option(None, "--out", help="Also write pose.json into this folder."),
-    fx: float | None = _FX, fy: float | None = _FY, cx: float | None = _CX, cy: float | None = _CY,
-    fx2: float | None = typer.Option(None, "--fx2", help="Image 2's focal length if it differs (then --fy2/--cx2/--cy2 too)."),
-    fy2: float | None = typer.Option(None, "--fy2"), cx2: float | None = typer.Option(None, "--cx2"), cy2: float | None = typer.Option(None, "--cy2"),
-    estimate_intrinsics: bool = _ESTIMATE, hfov: float = _HFOV,
-    meta: str | None = _META, focal: float | None = _FOCAL,
-    max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1),
-    device: str = _DEVICE,
-) -> None:
-    """Relative camera pose T_cam2_from_cam1: R, t, yaw/pitch/roll, distance."""
-    import json
-    from pathlib import Path
-
-    from rich.console import Console
-
-    from vlm3.eval import predict as P
-
-    err = Console(stderr=True)
-    try:
-        a, b = P.load_image(image1), P.load_image(image2)
-        K1, K2, estimated = _pair_intrinsics(err, a, b, (fx, fy, cx, cy), (fx2, fy2, cx2, cy2), estimate_intrinsics, hfov)
-        backend, settings, source = P.open_for_predict(model, "pose", meta=meta, device=device, focal=focal)
-        result = P.predict_pose(backend, a, b, K1, K2, settings, max_new_tokens=max_new_tokens)
-        _predict_warn_processor(err, result.processor)
-        doc = {"image1": image1, "image2": image2, "model": model, "intrinsics_estimated": estimated, **result.to_dict()}
-        if out is not None:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            (Path(out) / "pose.json").write_text(json.dumps(doc, indent=1) + "\n")
-    except (ValueError, OSError, RuntimeError) as e:
-        _predict_fail(err, e)
-    typer.echo(json.dumps(doc, indent=1))
-    if not result.parsed:
-        err.print("warning: the answer did not parse as a pose (see raw)", highlight=False, markup=False)
-
-
-@predict_app.command("match")
-def predict_match_command(
-    image1: str = typer.Argument(..., help="First image (query pixels)."),
-    image2: str = typer.Argument(..., help="Second image."),
-    model: str = _MODEL,
-    points: list[str] = typer.Option(..., "--points", help="Pixels x,y of image 1 (integer = pixel centre); repeat or space-separate."),
-    out: str = typer.Option(..., "--out", help="Output folder: matches.json, matches.png."),
-    fx: float | None = _FX, fy: float | None = _FY, cx: float | None = _CX, cy: float | None = _CY,
-    fx2: float | None = typer.Option(None, "--fx2", help="Image 2's focal length if it differs."),
-    fy2: float | None = typer.Option(None, "--fy2"), cx2: float | None = typer.Option(None, "--cx2"), cy2: float | None = typer.Option(None, "--cy2"),
-    estimate_intrinsics: bool = _ESTIMATE, hfov: float = _HFOV,
-    meta: str | None = _META, focal: float | None = _FOCAL, n_coords: int | None = _NCOORDS,
-    batch_size: int | None = _BATCH,
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
-    device: str = _DEVICE,
-) -> None:
-    """Pixel correspondences: where each point of image 1 appears in image 2."""
-    import json
-    from pathlib import Path
-
-    from rich.console import Console
-
-    from vlm3.eval import predict as P
-
-    err = Console(stderr=True)
-    try:
-        a, b = P.load_image(image1), P.load_image(image2)
-        K1, K2, estimated = _pair_intrinsics(err, a, b, (fx, fy, cx, cy), (fx2, fy2, cx2, cy2), estimate_intrinsics, hfov)
-        pts = P.from_cli_pixels(P.parse_cli_points(points))
-        backend, settings, source = P.open_for_predict(model, "correspondence", meta=meta, batch_size=batch_size, device=device, focal=focal, n_coords=n_coords)
-        pred = P.predict_match(backend, a, b, pts, K1, K2, settings, max_new_tokens=max_new_tokens)
-        _predict_warn_processor(err, pred.processor)
-        p1, p2 = P.to_cli_pixels(pred.uv1), P.to_cli_pixels(pred.uv2)
-        doc = {
-            "image1": image1, "image2": image2, "model": model, "intrinsics_estimated": estimated,
-            "pixel_convention": "x = column, y = row in pixels of each original image; integer (x, y) is the centre of that pixel (OpenCV)",
-            "matches": [{"x1": float(p[0]), "y1": float(p[1]), "x2": None if not ok else float(q[0]), "y2": None if not ok else float(q[1]), "raw": r, "parsed": bool(ok)}
-                        for p, q, r, ok in zip(p1, p2, pred.raw, pred.parsed)],
-        }
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "matches.json").write_text(json.dumps(doc, indent=1) + "\n")
-        P.plot_matches(pred, a, b, Path(out) / "matches.png")
-    except (ValueError, OSError, RuntimeError) as e:
-        _predict_fail(err, e)
-    typer.echo(f"{int(pred.parsed.sum())} of {len(pred.uv1)} matches parsed; wrote {Path(out) / 'matches.json'}, {Path(out) / 'matches.png'}")
-
-
-@predict_app.command("object")
-def predict_object_command(
-    image: str = typer.Argument(..., help="Image file."),
-    model: str = _MODEL,
-    box: list[str] = typer.Option(..., "--box", help="x_min,y_min,x_max,y_max in pixels; repeat (A, B, ... in order)."),
-    question: str | None = typer.Option(None, "--question", help="Free question naming the boxes {A}, {B}, ..."),
-    ask: str | None = typer.Option(None, "--ask", help="A predicate (above, left, big, ...) or quantity (direct_distance, width, direction, ...)."),
-    kind: str | None = typer.Option(None, "--kind", help="Parse a --question answer as qualitative, quantitative or direction."),
-    out: str | None = typer.Option(None, "--out", help="Also write answers.json into this folder."),
-    fx: float | None = _FX, fy: float | None = _FY, cx: float | None = _CX, cy: float | None = _CY,
-    estimate_intrinsics: bool = _ESTIMATE, hfov: float = _HFOV,
-    meta: str | None = _META, focal: float | None = _FOCAL, n_coords: int | None = _NCOORDS,
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
-    device: str = _DEVICE,
-) -> None:
-    """Object-level 3D questions about boxed regions (relations, distances, sizes, directions)."""
-    import json
-    from pathlib import Path
-
-    from rich.console import Console
-
-    from vlm3.eval import predict as P
-
-    err = Console(stderr=True)
-    try:
-        img = P.load_image(image)
-        K, estimated = P.resolve_cli_intrinsics(img.shape[1], img.shape[0], fx, fy, cx, cy, estimate=estimate_intrinsics, hfov_deg=hfov)
-        boxes = [P.parse_cli_box(b) for b in box]
-        if (question is None) == (ask is None):
-            raise ValueError("give exactly one of --question TEXT or --ask PREDICATE")
-        if ask is not None:
-            P.ask_kind(ask)
-        if estimated:
-            _predict_warn_estimate(err, K, hfov)
-        corner = [tuple(float(v) + 0.5 for v in b) for b in boxes]
-        backend, settings, source = P.open_for_predict(model, "object", meta=meta, device=device, focal=focal, n_coords=n_coords)
-        answers = P.predict_object(backend, img, K, corner, question=question, ask=ask, kind=kind, settings=settings, max_new_tokens=max_new_tokens)
-        doc = {
-            "image": image, "model": model, "intrinsics_estimated": estimated,
-            "boxes": [list(b) for b in boxes],
-            "answers": [{"question": a.question, "raw": a.raw, "kind": a.kind, "value": a.value, "boxes": [chr(ord("A") + i) for i in a.boxes]} for a in answers],
-        }
-        if out is not None:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            (Path(out) / "answers.json").write_text(json.dumps(doc, indent=1) + "\n")
-    except (ValueError, OSError, RuntimeError) as e:
-        _predict_fail(err, e)
-    typer.echo(json.dumps(doc, indent=1))
 
 
 def main() -> None:

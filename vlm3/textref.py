@@ -2,8 +2,8 @@
 
 VLM3's second ingredient. A pixel is named in the prompt by text, not by a marker drawn on the
 image: nx = round(x / W * N), ny = round(y / H * N), with (x, y) continuous corner-origin pixel
-coordinates of the (unified) image of size W x H (see ``vlm3.geometry.camera``), and N = 2000 by
-default (some released checkpoints use 1000). A pixel with integer array index i is at its centre
+coordinates of the (unified) image of size W x H (see ``vlm3.geometry.camera``), and N =
+``vlm3.settings.DEFAULT_N_COORDS`` by default (some released checkpoints use 1000). A pixel with integer array index i is at its centre
 x = i + 0.5. A value that rounds to N (only possible within half a unit of the right or bottom
 edge) is clamped to N - 1.
 
@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 
-DEFAULT_N = 2000
+from vlm3.settings import DEFAULT_N_COORDS
 
 
 def _check_n(n: int) -> None:
@@ -33,7 +33,7 @@ def _check_size(width: float, height: float) -> None:
         raise ValueError(f"image size must be positive, got {width}x{height}")
 
 
-def encode_pixel(x: float, y: float, width: int, height: int, n: int = DEFAULT_N, *, clamp: bool = False) -> tuple[int, int]:
+def encode_pixel(x: float, y: float, width: int, height: int, n: int = DEFAULT_N_COORDS, *, clamp: bool = False) -> tuple[int, int]:
     """Continuous pixel (x = column, y = row) of a W x H image -> integer text coordinates in [0, n).
 
     Raises ValueError for pixels outside [0, W] x [0, H] unless ``clamp`` is True.
@@ -42,7 +42,7 @@ def encode_pixel(x: float, y: float, width: int, height: int, n: int = DEFAULT_N
     return int(out[0, 0]), int(out[0, 1])
 
 
-def encode_pixels(xy: np.ndarray, width: int, height: int, n: int = DEFAULT_N, *, clamp: bool = False) -> np.ndarray:
+def encode_pixels(xy: np.ndarray, width: int, height: int, n: int = DEFAULT_N_COORDS, *, clamp: bool = False) -> np.ndarray:
     """Vectorised :func:`encode_pixel`: (N, 2) continuous pixels -> (N, 2) int64 text coordinates."""
     _check_n(n)
     _check_size(width, height)
@@ -58,7 +58,7 @@ def encode_pixels(xy: np.ndarray, width: int, height: int, n: int = DEFAULT_N, *
     return np.clip(np.round(scaled), 0, n - 1).astype(np.int64)
 
 
-def decode_pixel(nx: float, ny: float, width: int, height: int, n: int = DEFAULT_N, *, clamp: bool = False) -> tuple[float, float]:
+def decode_pixel(nx: float, ny: float, width: int, height: int, n: int = DEFAULT_N_COORDS, *, clamp: bool = False) -> tuple[float, float]:
     """Text coordinates -> continuous pixel position (x, y) in a W x H image.
 
     Raises ValueError for values outside [0, n) unless ``clamp`` is True (then they are clipped).
@@ -74,7 +74,7 @@ def decode_pixel(nx: float, ny: float, width: int, height: int, n: int = DEFAULT
     return float(values[0] / n * width), float(values[1] / n * height)
 
 
-def decode_pixel_index(nx: float, ny: float, width: int, height: int, n: int = DEFAULT_N, *, clamp: bool = False) -> tuple[int, int]:
+def decode_pixel_index(nx: float, ny: float, width: int, height: int, n: int = DEFAULT_N_COORDS, *, clamp: bool = False) -> tuple[int, int]:
     """Text coordinates -> integer array index (col, row) of the pixel containing the decoded point."""
     x, y = decode_pixel(nx, ny, width, height, n, clamp=clamp)
     return min(int(x), width - 1), min(int(y), height - 1)
@@ -85,7 +85,7 @@ def format_point(nx: int, ny: int) -> str:
     return f"({int(nx)}, {int(ny)})"
 
 
-def encode_box(box: tuple[float, float, float, float], width: int, height: int, n: int = DEFAULT_N, *, clamp: bool = False) -> tuple[int, int, int, int]:
+def encode_box(box: tuple[float, float, float, float], width: int, height: int, n: int = DEFAULT_N_COORDS, *, clamp: bool = False) -> tuple[int, int, int, int]:
     """Box (x_min, y_min, x_max, y_max) in continuous pixels -> normalised integer box."""
     x0, y0, x1, y1 = (float(v) for v in box)
     if x1 < x0 or y1 < y0:
@@ -94,7 +94,7 @@ def encode_box(box: tuple[float, float, float, float], width: int, height: int, 
     return int(pts[0, 0]), int(pts[0, 1]), int(pts[1, 0]), int(pts[1, 1])
 
 
-def decode_box(box: tuple[float, float, float, float], width: int, height: int, n: int = DEFAULT_N, *, clamp: bool = False) -> tuple[float, float, float, float]:
+def decode_box(box: tuple[float, float, float, float], width: int, height: int, n: int = DEFAULT_N_COORDS, *, clamp: bool = False) -> tuple[float, float, float, float]:
     """Normalised box -> (x_min, y_min, x_max, y_max) in continuous pixels."""
     x0, y0 = decode_pixel(box[0], box[1], width, height, n, clamp=clamp)
     x1, y1 = decode_pixel(box[2], box[3], width, height, n, clamp=clamp)

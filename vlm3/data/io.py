@@ -10,7 +10,7 @@ Layout of a prepared dataset folder::
 
 Image paths inside records are relative to ``manifest["image_root"]`` (absolute, or relative to
 the manifest's folder). Shards are plain JSONL, so ``datasets.load_dataset("json", ...)`` reads
-them too (:func:`as_hf_dataset`).
+them too.
 """
 
 from __future__ import annotations
@@ -99,11 +99,3 @@ def read_records(data_dir: str | Path) -> Iterator[Record]:
         raise FileNotFoundError(f"no record shards in {Path(data_dir) / RECORDS_DIR}")
     for p in paths:
         yield from read_shard(p)
-
-
-def as_hf_dataset(data_dir: str | Path):
-    """The records as a Hugging Face ``datasets.Dataset`` (one row per record, nested fields as JSON)."""
-    import datasets
-
-    rows = [{"id": r.id, "dataset": r.dataset, "record": r.model_dump_json(exclude_none=True)} for r in read_records(data_dir)]
-    return datasets.Dataset.from_list(rows)

@@ -1,4 +1,4 @@
-"""Data mixtures: per-draw probabilities over datasets and a deterministic, resumable, DDP-aware sampler.
+"""Data mixtures: per-draw probabilities over datasets and a deterministic sampler drawing training plans.
 
 Probabilities
 -------------
@@ -26,17 +26,12 @@ Config file (``vlm3 mixture CONFIG.yaml``)::
 
 Sampler
 -------
-:class:`MixtureSampler` yields ``(dataset, index)`` pairs forever. Global draw k picks a dataset by
+:meth:`MixtureSampler.take` draws ``(dataset, index)`` pairs. Global draw k picks a dataset by
 inverse CDF of a uniform number that depends only on (seed, k); the c-th draw of a dataset of size n
 takes element ``perm_e(c mod n)`` with e = c // n, where ``perm_e`` is a seeded pseudo-random
 permutation of range(n) (a Feistel network, so no index array is stored even for 10M records). So
-every record is visited exactly once per dataset-epoch, never sampled with replacement. With
-``world_size`` ranks, global draw k goes to rank ``k % world_size``: ranks see disjoint draws whose
-union is exactly the single-rank sequence. ``state_dict()`` / ``load_state_dict()`` resume the exact
-sequence (also with another world size, from the same global position).
-
-For Hugging Face (streaming) datasets, :func:`interleave` wraps ``datasets.interleave_datasets``
-with these probabilities.
+every record is visited exactly once per dataset-epoch, never sampled with replacement. Training
+draws its whole plan at once; the Trainer shards and resumes that plan.
 """
 
 from __future__ import annotations
@@ -52,7 +47,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    import datasets
     from rich.table import Table
 
 POLICIES = "uniform, size, size^ALPHA (e.g. size^0.5), explicit"
@@ -278,45 +272,13 @@ _MASK64 = (1 << 64) - 1
 _BLOCK = 4096  # uniforms generated per seeded block
 
 
-def _mix64(x: int) -> int:
-    """splitmix64 finaliser: a fast, well-mixing bijection on 64-bit integers."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
 def _name_key(name: str) -> int:
     # Python's hash() is salted per process; a digest is the same on every rank and machine.
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
 
 
-def permute_index(i: int, n: int, key: int, rounds: int = 6) -> int:
-    """Element at position ``i`` of a pseudo-random permutation of ``range(n)`` chosen by ``key``.
-
-    A balanced Feistel network on the smallest even number of bits covering n, with cycle walking
-    back into [0, n): a bijection on range(n) that needs O(1) memory.
-    """
-    if not 0 <= i < n:
-        raise IndexError(f"position {i} outside range({n})")
-    if n == 1:
-        return 0
-    bits = (n - 1).bit_length()
-    half = (bits + 1) // 2
-    mask = (1 << half) - 1
-    x = i
-    while True:
-        left, right = x >> half, x & mask
-        for r in range(rounds):
-            f = _mix64(((key ^ (r * 0xD1B54A32D192ED03)) + right * 0x9E3779B97F4A7C15) & _MASK64) & mask
-            left, right = right, left ^ f
-        x = (left << half) | right
-        if x < n:
-            return x
-
-
 def _mix64_np(x: np.ndarray) -> np.ndarray:
-    """:func:`_mix64` on a uint64 array (numpy wraps modulo 2**64, like the masked Python ints)."""
+    """splitmix64 finaliser on a uint64 array (numpy wraps modulo 2**64): a well-mixing bijection."""
     with np.errstate(over="ignore"):
         x = x + np.uint64(0x9E3779B97F4A7C15)
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -325,7 +287,11 @@ def _mix64_np(x: np.ndarray) -> np.ndarray:
 
 
 def permute_indices(i: np.ndarray, n: int, keys: np.ndarray, rounds: int = 6) -> np.ndarray:
-    """Vectorised :func:`permute_index`: element-wise positions ``i`` with per-element ``keys``."""
+    """Element at positions ``i`` of pseudo-random permutations of ``range(n)`` chosen by ``keys``.
+
+    A balanced Feistel network on the smallest even number of bits covering n, with cycle walking
+    back into [0, n): a bijection on range(n) per key that needs O(1) memory.
+    """
     i = np.asarray(i, dtype=np.uint64)
     if n == 1:
         return np.zeros(len(i), dtype=np.int64)
@@ -352,24 +318,21 @@ def permute_indices(i: np.ndarray, n: int, keys: np.ndarray, rounds: int = 6) ->
 
 
 class MixtureSampler:
-    """Infinite stream of ``(dataset, index)`` draws; deterministic given the seed (see module doc).
+    """Deterministic ``(dataset, index)`` draws given the seed (see module doc).
 
     Args:
         sizes: records per dataset.
         probs: per-draw probability (or weight; normalised here) of each dataset, same keys.
         seed: fixes the whole sequence.
-        rank, world_size: this process's share of the draws (global draw k goes to rank k % world_size).
     """
 
-    def __init__(self, sizes: Mapping[str, int], probs: Mapping[str, float], seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, sizes: Mapping[str, int], probs: Mapping[str, float], seed: int = 0) -> None:
         sizes = _check_sizes(sizes)
         if set(probs) != set(sizes):
             raise MixtureError(f"probs and sizes name different datasets: {sorted(set(probs) ^ set(sizes))}")
         p = normalize(probs)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise MixtureError(f"seed must be a non-negative integer, got {seed!r}")
-        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
-            raise MixtureError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
         # A fixed (sorted) order, so the sequence does not depend on the mapping's insertion order.
         self.names: list[str] = sorted(sizes)
         self.sizes = np.array([sizes[n] for n in self.names], dtype=np.int64)
@@ -377,34 +340,17 @@ class MixtureSampler:
         self._cdf = np.cumsum(self.probs)
         self._cdf[-1] = 1.0
         self.seed = int(seed)
-        self.rank, self.world_size = rank, world_size
-        self._keys = [_mix64(self.seed ^ _name_key(n)) for n in self.names]
-        self._draw = 0  # global index of the next round (a multiple of world_size after any resume)
+        self._keys = _mix64_np(np.array([self.seed ^ _name_key(n) for n in self.names], dtype=np.uint64))
+        self._draw = 0  # index of the next draw
         self._counts = np.zeros(len(self.names), dtype=np.int64)  # draws per dataset before _draw
         self._blocks: dict[int, np.ndarray] = {}
 
-    def __iter__(self) -> MixtureSampler:
-        return self
-
-    def __next__(self) -> tuple[str, int]:
-        W = self.world_size
-        choice = np.searchsorted(self._cdf, self._uniforms(self._draw, W), side="right")
-        choice = np.minimum(choice, len(self.names) - 1)
-        mine = int(choice[self.rank])
-        # How many draws of the same dataset come earlier in this round (on lower ranks).
-        count = int(self._counts[mine]) + int(np.count_nonzero(choice[: self.rank] == mine))
-        self._counts += np.bincount(choice, minlength=len(self.names))
-        self._draw += W
-        return self.names[mine], self._index(mine, count)
-
     def take(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The next ``n`` draws at once, as (dataset positions in ``self.names``, record indices).
+        """The next ``n`` draws, as (dataset positions in ``self.names``, record indices).
 
-        Equal to ``n`` calls of ``next()`` (single rank only), at numpy speed: a plan of tens of
-        millions of draws takes seconds rather than minutes.
+        Vectorised: a plan of tens of millions of draws takes seconds. Consecutive calls continue
+        the same sequence.
         """
-        if self.world_size != 1:
-            raise MixtureError("take() draws the global sequence; use world_size=1 and shard the result")
         if n < 0:
             raise MixtureError(f"take(n) needs n >= 0, got {n}")
         u = self._uniforms(self._draw, n)
@@ -417,16 +363,11 @@ class MixtureSampler:
             count = self._counts[d] + np.arange(len(where), dtype=np.int64)
             size = int(self.sizes[d])
             epoch, pos = np.divmod(count, size)
-            keys = _mix64_np(np.uint64(self._keys[d]) + epoch.astype(np.uint64))
+            keys = _mix64_np(self._keys[d] + epoch.astype(np.uint64))
             index[where] = permute_indices(pos, size, keys)
             self._counts[d] += len(where)
         self._draw += n
         return choice.astype(np.int64), index
-
-    def _index(self, d: int, count: int) -> int:
-        n = int(self.sizes[d])
-        epoch, pos = divmod(count, n)
-        return permute_index(pos, n, _mix64(self._keys[d] + epoch))
 
     def _uniforms(self, start: int, n: int) -> np.ndarray:
         out = np.empty(n)
@@ -441,70 +382,3 @@ class MixtureSampler:
             out[k - start : k - start + take] = self._blocks[b][off : off + take]
             k += take
         return out
-
-    @property
-    def position(self) -> int:
-        """Global draws consumed so far (all ranks)."""
-        return self._draw
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue the exact sequence (JSON-serialisable)."""
-        return {
-            "version": 1,
-            "seed": self.seed,
-            "names": list(self.names),
-            "sizes": self.sizes.tolist(),
-            "probs": self.probs.tolist(),
-            "draw": self._draw,
-            "counts": self._counts.tolist(),
-            "world_size": self.world_size,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from a saved state; the mixture (seed, datasets, sizes, probabilities) must match."""
-        try:
-            names, sizes, probs = list(state["names"]), list(state["sizes"]), list(state["probs"])
-            seed, draw, counts = int(state["seed"]), int(state["draw"]), [int(c) for c in state["counts"]]
-        except (KeyError, TypeError, ValueError) as e:
-            raise MixtureError(f"not a MixtureSampler state ({type(e).__name__}: {e})") from None
-        problems = []
-        if seed != self.seed:
-            problems.append(f"seed {seed} != {self.seed}")
-        if names != self.names:
-            problems.append(f"datasets {names} != {self.names}")
-        elif sizes != self.sizes.tolist():
-            problems.append(f"sizes {sizes} != {self.sizes.tolist()}")
-        elif not np.allclose(probs, self.probs, rtol=1e-9, atol=1e-12):
-            problems.append("probabilities differ")
-        if problems:
-            raise MixtureError("state was saved for a different mixture: " + "; ".join(problems))
-        if len(counts) != len(names) or draw < 0 or sum(counts) != draw:
-            raise MixtureError(f"inconsistent sampler state: draw={draw}, counts={counts}")
-        self._draw = draw
-        self._counts = np.array(counts, dtype=np.int64)
-
-
-def interleave(
-    hf_datasets: Mapping[str, datasets.Dataset | datasets.IterableDataset],
-    probs: Mapping[str, float],
-    seed: int,
-    stopping_strategy: str = "all_exhausted",
-) -> datasets.Dataset | datasets.IterableDataset:
-    """Mix Hugging Face datasets (map-style or streaming) with per-draw probabilities.
-
-    A thin wrapper of ``datasets.interleave_datasets`` (its sampling, not :class:`MixtureSampler`'s:
-    draws are with replacement across exhausted sources under ``all_exhausted``). Datasets with
-    probability 0 are left out (they would never be exhausted).
-    """
-    import datasets
-
-    if set(hf_datasets) != set(probs):
-        raise MixtureError(f"hf_datasets and probs name different datasets: {sorted(set(hf_datasets) ^ set(probs))}")
-    p = normalize(probs)
-    names = [n for n in hf_datasets if p[n] > 0]
-    return datasets.interleave_datasets(
-        [hf_datasets[n] for n in names],
-        probabilities=[p[n] for n in names],
-        seed=seed,
-        stopping_strategy=stopping_strategy,
-    )

@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from vlm3.settings import DEFAULT_FOCAL_PX
 from vlm3.data.adapters.base import Adapter, AdapterOptions, Rejection, get_adapter
 from vlm3.data.io import MANIFEST, RECORDS_DIR, shard_path, write_manifest, write_shard
 from vlm3.data.records import Record
@@ -68,7 +69,7 @@ class PrepareError(RuntimeError):
 class PrepareOptions:
     """Settings of one ``prepare`` run (units: pixels for focal and sizes)."""
 
-    focal: float = 1000.0  # target focal length (pixels) when materialising
+    focal: float = DEFAULT_FOCAL_PX  # target focal length (pixels) when materialising
     size_multiple: int | None = None  # round unified image sizes to this multiple (e.g. the patch size)
     points: int | None = None  # labelled pixels kept per record (None = adapter default)
     workers: int = 1
@@ -233,6 +234,7 @@ class _UnitConverter:
 
     def run(self, index: int, unit: str) -> dict[str, Any]:
         from vlm3.data.validate import check_images, load_images
+        from vlm3.tasks import tasks_of
 
         t0 = time.perf_counter()
         root = self.adapter.root
@@ -258,7 +260,7 @@ class _UnitConverter:
                 raise TypeError(f"adapter yielded {type(item).__name__}, expected Record or Rejection")
             rec = item
             src = str(rec.meta.get("source") or rec.id)
-            if not rec.tasks():
+            if not tasks_of(rec):
                 reject(Rejection(src, "no_labels", "no depth points, pose pair, matches or objects"))
                 continue
             if self.opts.materialize:
@@ -269,11 +271,11 @@ class _UnitConverter:
                 try:
                     rec, n_dropped = self._materialize(rec, loaded)
                 except ValueError as e:  # e.g. distortion coefficients OpenCV cannot use
-                    reject(Rejection(src, "bad_intrinsics", f"cannot unify: {e}"))
+                    reject(Rejection(src, "bad_calibration", f"cannot unify: {e}"))
                     continue
                 dropped += n_dropped
                 images += len(loaded)
-                if not rec.tasks():
+                if not tasks_of(rec):
                     reject(Rejection(src, "no_labels", "no label left inside the unified image"))
                     continue
             else:
@@ -282,7 +284,7 @@ class _UnitConverter:
                     reject(problem)
                     continue
             records.append(rec)
-            tasks.update(rec.tasks())
+            tasks.update(tasks_of(rec))
             datasets[rec.dataset] += 1
             if rec.depth is not None:
                 depth_types[rec.depth.depth_type] += 1
@@ -638,7 +640,8 @@ def _manifest(
         "depth_points": report.depth_points,
         "matches": report.matches,
         "objects": report.objects,
-        "image_root": "." if opts.materialize else str(root.resolve()),
+        # Images inside DST (materialised, or rendered there by the synth adapter) keep DST relocatable.
+        "image_root": "." if opts.materialize or root.resolve() == out.resolve() else str(root.resolve()),
         "unified": opts.materialize,
         "focal": opts.focal if opts.materialize else None,
         "size_multiple": opts.size_multiple if opts.materialize else None,

@@ -143,19 +143,6 @@ class Record(_Model):
             raise ValueError("matches need two views")
         return self
 
-    def tasks(self) -> list[str]:
-        """Which tasks this record can produce samples for."""
-        out = []
-        if self.depth is not None and self.depth.pixels:
-            out.append("depth")
-        if len(self.views) == 2 and all(v.T_cam_from_world is not None for v in self.views):
-            out.append("pose")
-        if self.matches is not None and self.matches.pixels0:
-            out.append("correspondence")
-        if self.objects:
-            out.append("object")
-        return out
-
 
 def check_pixels_inside(record: Record) -> list[str]:
     """Reasons why labelled pixels fall outside their image (empty list when all are inside)."""

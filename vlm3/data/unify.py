@@ -7,7 +7,7 @@ Labels that leave the image (possible only with ``size_multiple`` cropping) are 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,12 +23,15 @@ class UnifiedRecord:
     images: list[np.ndarray]
     transforms: list[FocalTransform]
     dropped_labels: int = 0
+    # For "depth" and "matches": index in the input record of each label kept in ``record``.
+    kept: dict[str, np.ndarray] = field(default_factory=dict)
+    source: Record | None = None  # the record before the transform (original pixels)
 
 
 def unify_record(
     record: Record,
     images: list[np.ndarray],
-    target: float = 1000.0,
+    target: float,
     size_multiple: int | None = None,
     *,
     enabled: bool = True,
@@ -41,7 +44,8 @@ def unify_record(
     if not enabled:
         _check_count(record, images)
         ident = [FocalTransform(v.K, v.K, None) for v in record.views]
-        return UnifiedRecord(record.model_copy(deep=True), list(images), ident)
+        kept = {name: np.arange(len(labels)) for name, labels in _label_lists(record).items()}
+        return UnifiedRecord(record.model_copy(deep=True), list(images), ident, 0, kept, record)
     out = transform_record(record, images, lambda img, view: unify_focal(img, view.K, target, dist=view.dist, size_multiple=size_multiple))
     out.record.meta["unified_focal"] = float(target)
     return out
@@ -71,11 +75,13 @@ def transform_record(record: Record, images: list[np.ndarray], view_fn: Callable
         transforms.append(out.transform)
 
     update: dict = {"views": new_views}
+    kept: dict[str, np.ndarray] = {}
     dropped = 0
     if record.depth is not None:
         px = transforms[0].forward(np.asarray(record.depth.pixels, dtype=np.float64).reshape(-1, 2))
         keep = new_views[0].K.contains(px)
         dropped += int((~keep).sum())
+        kept["depth"] = np.flatnonzero(keep)
         update["depth"] = DepthLabels(
             pixels=[tuple(p) for p in px[keep].tolist()],
             depth=[d for d, k in zip(record.depth.depth, keep) if k],
@@ -86,6 +92,7 @@ def transform_record(record: Record, images: list[np.ndarray], view_fn: Callable
         p1 = transforms[1].forward(np.asarray(record.matches.pixels1, dtype=np.float64).reshape(-1, 2))
         keep = new_views[0].K.contains(p0) & new_views[1].K.contains(p1)
         dropped += int((~keep).sum())
+        kept["matches"] = np.flatnonzero(keep)
         update["matches"] = Matches(pixels0=[tuple(p) for p in p0[keep].tolist()], pixels1=[tuple(p) for p in p1[keep].tolist()])
     if record.objects:
         objs = []
@@ -99,4 +106,13 @@ def transform_record(record: Record, images: list[np.ndarray], view_fn: Callable
             objs.append(obj.model_copy(update={"box2d": tuple(float(v) for v in box)}))
         update["objects"] = objs
     update["meta"] = dict(record.meta)
-    return UnifiedRecord(record.model_copy(update=update, deep=True), new_images, transforms, dropped)
+    return UnifiedRecord(record.model_copy(update=update, deep=True), new_images, transforms, dropped, kept, record)
+
+
+def _label_lists(record: Record) -> dict[str, list]:
+    out: dict[str, list] = {}
+    if record.depth is not None:
+        out["depth"] = record.depth.pixels
+    if record.matches is not None:
+        out["matches"] = record.matches.pixels0
+    return out

@@ -10,11 +10,7 @@ validation happens inside :func:`make_record` too.
 record against the files it names. ``vlm3 prepare`` runs it on every record of every adapter, so
 adapters do not need to open images themselves.
 
-Rejection reasons
------------------
-A small fixed vocabulary (:data:`REASONS`), so that reports can be compared across datasets and
-runs. Adapters may add dataset-specific reasons (short snake_case words) where none fits.
-A rejection's ``source`` names the input (e.g. ``"ibims1_val.jsonl:17"``); records can carry it
+Rejection reasons are the fixed vocabulary ``vlm3.data.adapters.base.REASONS``. A rejection's ``source`` names the input (e.g. ``"ibims1_val.jsonl:17"``); records can carry it
 in ``meta["source"]`` so that image checks done later name the same place.
 """
 
@@ -33,57 +29,34 @@ from vlm3.data.records import Record, check_pixels_inside
 if TYPE_CHECKING:
     from vlm3.data.adapters.base import Rejection
 
-REASONS: dict[str, str] = {
-    # input parsing
-    "bad_json": "the input is not valid JSON, or not a JSON object",
-    "missing_field": "a required field is absent",
-    "bad_field": "a field has the wrong type, shape or value",
-    # schema
-    "bad_intrinsics": "intrinsics are not [fx > 0, fy > 0, finite cx, cy, integer width, height > 0], or bad distortion",
-    "bad_pose": "a camera pose is not a finite rigid 4x4 camera-from-world matrix",
-    "nonfinite_depth": "a depth value is NaN or infinite",
-    "nonpositive_depth": "a depth value is zero or negative",
-    "nonfinite_pixel": "a labelled pixel coordinate is NaN or infinite",
-    "length_mismatch": "label lists that must match in length do not (pixels vs depth, pixels0 vs pixels1)",
-    "bad_object": "an object box has a non-positive size or malformed fields",
-    "invalid_record": "any other violation of the record schema",
-    "no_labels": "the record has nothing to learn from (no depth points, pose pair, matches or objects)",
-    # images (check_images)
-    "missing_image": "the image file named by a view does not exist",
-    "corrupt_image": "the image file cannot be decoded",
-    "image_size_mismatch": "the decoded image size differs from the intrinsics' width x height",
-    "pixel_outside_image": "a labelled pixel lies outside its image",
-}
-
-
 def make_record(source: str, **fields: Any) -> Record | Rejection:
     """Build a :class:`Record` from keyword fields, or a :class:`Rejection` saying why not.
 
     ``source`` names the input for the rejection (e.g. ``"file.jsonl:17"``). Besides the schema,
     labelled pixels must be finite (``nonfinite_pixel``) and distortion coefficients usable by
-    OpenCV (``bad_intrinsics``). Image files are not touched here.
+    OpenCV (``bad_calibration``). Image files are not touched here.
     """
     try:
         record = Record(**fields)
     except ValidationError as e:
-        reason, detail = _classify(e, fields)
+        reason, detail = _classify(e)
         return _reject(source, reason, detail)
     bad = _first_nonfinite_pixel(record)
     if bad is not None:
-        return _reject(source, "nonfinite_pixel", bad)
+        return _reject(source, "pixel_outside_image", bad)
     for i, view in enumerate(record.views):
         # OpenCV's distortion models take 4, 5, 8, 12 or 14 finite coefficients.
         if view.dist is not None and (len(view.dist) not in (4, 5, 8, 12, 14) or not all(map(math.isfinite, view.dist))):
-            return _reject(source, "bad_intrinsics", f"views.{i}.dist = {view.dist} is not 4, 5, 8, 12 or 14 finite coefficients")
+            return _reject(source, "bad_calibration", f"views.{i}.dist = {view.dist} is not 4, 5, 8, 12 or 14 finite coefficients")
     return record
 
 
 def check_images(record: Record, root: str | Path, *, source: str | None = None, decode: bool = True) -> Rejection | None:
     """Check every view's image file under ``root`` and the labelled pixels; None if all is well.
 
-    Checks, in order: the file exists (``missing_image``), it decodes (``corrupt_image``; with
+    Checks, in order: the file exists (``missing_file``), it decodes (``unreadable_file``; with
     ``decode=False`` only the header is read, which misses truncated files), its size equals the
-    intrinsics' width x height (``image_size_mismatch``), and labelled pixels lie inside their
+    intrinsics' width x height (``size_mismatch``), and labelled pixels lie inside their
     image (``pixel_outside_image``, via ``records.check_pixels_inside``).
     """
     out = _inspect(record, Path(root), source, decode=decode, keep=False)
@@ -121,7 +94,7 @@ def _inspect(record: Record, root: Path, source: str | None, *, decode: bool, ke
         path = image_path(root, view.image)
         where = f"views[{i}].image = {view.image!r}"
         if not path.is_file():
-            return _reject(src, "missing_image", f"{where}: no file {path}")
+            return _reject(src, "missing_file", f"{where}: no file {path}")
         try:
             with Image.open(path) as im:
                 size = im.size
@@ -130,11 +103,11 @@ def _inspect(record: Record, root: Path, source: str | None, *, decode: bool, ke
                     if keep:
                         arrays.append(_to_array(im))
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            return _reject(src, "corrupt_image", f"{where}: cannot decode {path.name} ({type(e).__name__}: {e})")
+            return _reject(src, "unreadable_file", f"{where}: cannot decode {path.name} ({type(e).__name__}: {e})")
         K = view.K
         if size != (K.width, K.height):
             return _reject(
-                src, "image_size_mismatch", f"{where}: image is {size[0]}x{size[1]} but intrinsics say {K.width}x{K.height}"
+                src, "size_mismatch", f"{where}: image is {size[0]}x{size[1]} but intrinsics say {K.width}x{K.height}"
             )
     problems = check_pixels_inside(record)
     if problems:
@@ -163,7 +136,7 @@ def _first_nonfinite_pixel(record: Record) -> str | None:
     return None
 
 
-def _classify(err: ValidationError, fields: dict[str, Any]) -> tuple[str, str]:
+def _classify(err: ValidationError) -> tuple[str, str]:
     """Map the first pydantic error to a reason category; the detail names the field and value."""
     first = err.errors()[0]
     loc = tuple(first["loc"])
@@ -174,29 +147,10 @@ def _classify(err: ValidationError, fields: dict[str, Any]) -> tuple[str, str]:
         detail += f" (+{len(err.errors()) - 1} more)"
     kind = first["type"]
     top = loc[0] if loc else None
-    if kind == "missing":
-        return "missing_field", detail
     if top == "views" and len(loc) >= 3 and loc[2] in ("intrinsics", "dist"):
-        return "bad_intrinsics", detail
+        return "bad_calibration", detail
     if top == "views" and len(loc) >= 3 and loc[2] == "T_cam_from_world":
         return "bad_pose", detail
-    if top in ("depth", "matches") and kind == "value_error" and ("values for" in msg or "pixels in view 0 but" in msg):
-        return "length_mismatch", detail
     if top == "depth" and kind == "value_error" and "finite positive" in msg:
-        return _depth_reason(fields), detail
-    if top == "objects":
-        return "bad_object", detail
-    if kind not in ("value_error", "assertion_error"):
-        return "bad_field", detail  # pydantic's own checks: wrong type, literal, length, unknown field
-    return "invalid_record", detail
-
-
-def _depth_reason(fields: dict[str, Any]) -> str:
-    depth = fields.get("depth")
-    values = depth.get("depth") if isinstance(depth, dict) else getattr(depth, "depth", None)
-    try:
-        if any(not math.isfinite(float(v)) for v in values or []):
-            return "nonfinite_depth"
-    except (TypeError, ValueError):
-        return "bad_field"
-    return "nonpositive_depth"
+        return "bad_depth", detail
+    return "invalid_record", detail  # missing or mistyped fields, unequal label lists, bad objects, ...

@@ -10,11 +10,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from vlm3.ask import ask
 from vlm3.data.io import image_root, read_records
 from vlm3.geometry.camera import backproject, convert_depth
-from vlm3.tasks.depth import depth_metrics, parse_depth
-from vlm3.tasks.depth import depth_question
-from vlm3.tasks.samples import SampleOptions, load_images, transform_views
+from vlm3.settings import Settings
+from vlm3.tasks.base import Query
+from vlm3.tasks.depth import DEPTH, depth_metrics, depth_question
+from vlm3.tasks.samples import Sample, load_images, transform_views
 from vlm3.textref import encode_pixels
 
 console = Console()
@@ -22,7 +24,7 @@ SETS = ("fixed_rig", "random_rig", "ibims1")
 SET_LABEL = {"fixed_rig": "fixed rig (held-out)", "random_rig": "randomised rig (held-out)", "ibims1": "iBims-1 (real)"}
 
 
-def dense_depth_figure(backend, test_dir: Path, opts: SampleOptions, out: Path, max_side: int = 24) -> tuple[dict, Path, list[Path]]:
+def dense_depth_figure(backend, test_dir: Path, opts: Settings, out: Path, max_side: int = 24) -> tuple[dict, Path, list[Path]]:
     """Predict depth on a grid of one held-out scene; save a figure and GT/predicted point clouds (PLY)."""
     import matplotlib
 
@@ -43,8 +45,9 @@ def dense_depth_figure(backend, test_dir: Path, opts: SampleOptions, out: Path, 
     coords = encode_pixels(grid, W, H, opts.n_coords)
     from PIL import Image
 
-    answers = backend.query_many([Image.fromarray(view.images[0])], [depth_question(int(a), int(b), opts.n_coords) for a, b in coords], max_new_tokens=12)
-    pred = np.array([np.nan if (v := parse_depth(a)) is None or v <= 0 else v for a in answers])
+    queries = [Query(depth_question(int(a), int(b), opts.n_coords), None, None, i) for i, (a, b) in enumerate(coords)]
+    sample = Sample(rec.id, rec.dataset, DEPTH.name, [Image.fromarray(view.images[0])], [], queries, view, opts)
+    pred = np.array([np.nan if a.pred is None or a.pred <= 0 else a.pred for a in ask(backend, sample, max_new_tokens=12)])
 
     z_map = np.load(Path(root) / rec.meta["depth_map0"])
     orig = view.transforms[0].backward(grid)

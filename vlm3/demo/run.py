@@ -29,9 +29,12 @@ from rich.console import Console
 from vlm3.data.io import image_root, read_records
 from vlm3.data.synth import generate, get_family
 from vlm3.eval.baselines import DepthLookups, identity_pose_direction
+from vlm3.ask import ask
 from vlm3.eval.heldout import Curve, HeldOut, build_heldout, common_points, evaluate_depth, lookup_metrics
-from vlm3.tasks.pose import PosePrediction, parse_pose, pose_metrics
-from vlm3.tasks.samples import SampleOptions, build_sample, load_images
+from vlm3.settings import DEFAULT_N_COORDS, Settings
+from vlm3.tasks.depth import DEPTH
+from vlm3.tasks.pose import POSE, PosePrediction, pose_metrics
+from vlm3.tasks.samples import build_sample, load_images
 
 console = Console()
 IBIMS = Path(__file__).resolve().parents[3] / "shared" / "data" / "ibims1"
@@ -91,7 +94,7 @@ def _train_config(cfg: DemoConfig, model_dir: str, datasets: list[str], task: st
     }
     if cfg.model is not None:  # a real pretrained VLM: its own pixel budget and a fine-tuning learning rate
         data["model"].update(name_or_path=cfg.model, dtype="auto", min_pixels=None, max_pixels=None)
-        data["data"].update(size_multiple=None, n_coords=2000)
+        data["data"].update(size_multiple=None, n_coords=DEFAULT_N_COORDS)
         data["train"].update(learning_rate=2e-5, max_grad_norm=0.02)
     return parse_config(data, overrides, source="demo")
 
@@ -105,10 +108,10 @@ def _make_data(cfg: DemoConfig) -> dict[str, Path]:
         "random_rig-test": d / "random_rig-test",
     }
     jobs = [
-        ("fixed_rig", cfg.fixed_train, paths["fixed_rig"], cfg.seed, ("depth",), "train", False),
-        ("random_rig", cfg.random_train, paths["random_rig"], cfg.seed + 1, ("depth", "pose"), "train", False),
-        ("fixed_rig", cfg.test_scenes, paths["fixed_rig-test"], cfg.seed + 10_000, ("depth",), "test", True),
-        ("random_rig", cfg.test_scenes, paths["random_rig-test"], cfg.seed + 10_001, ("depth", "pose"), "test", True),
+        ("fixed_rig", cfg.fixed_train, paths["fixed_rig"], cfg.seed, (DEPTH.name,), "train", False),
+        ("random_rig", cfg.random_train, paths["random_rig"], cfg.seed + 1, (DEPTH.name, POSE.name), "train", False),
+        ("fixed_rig", cfg.test_scenes, paths["fixed_rig-test"], cfg.seed + 10_000, (DEPTH.name,), "test", True),
+        ("random_rig", cfg.test_scenes, paths["random_rig-test"], cfg.seed + 10_001, (DEPTH.name, POSE.name), "test", True),
     ]
     for family, n, path, seed, tasks, split, dense in jobs:
         if not (path / "manifest.json").exists():
@@ -117,8 +120,8 @@ def _make_data(cfg: DemoConfig) -> dict[str, Path]:
     return paths
 
 
-def _ibims_heldout(cfg: DemoConfig, opts: SampleOptions) -> HeldOut | None:
-    """The first images/points of the real iBims-1 sample under ``opts`` (None when absent)."""
+def _ibims_heldout(cfg: DemoConfig, settings: Settings) -> HeldOut | None:
+    """The first images/points of the real iBims-1 sample under ``settings`` (None when absent)."""
     if not (cfg.ibims_root / "ibims1_val.jsonl").exists() or cfg.ibims_images <= 0:
         return None
     from vlm3.data.adapters import AdapterOptions, get_adapter
@@ -129,27 +132,23 @@ def _ibims_heldout(cfg: DemoConfig, opts: SampleOptions) -> HeldOut | None:
     for rec in adapter.convert_all():
         if not isinstance(rec, Record):
             continue
-        s = build_sample(rec, load_images(rec, cfg.ibims_root), opts, all_points=True)
+        s = build_sample(rec, load_images(rec, cfg.ibims_root), DEPTH, settings)
         s.queries = s.queries[: cfg.ibims_points]
         samples.append(s)
         if len(samples) >= cfg.ibims_images:
             break
-    return HeldOut(samples, opts) if samples else None
+    return HeldOut(samples, settings) if samples else None
 
 
-def _pose_eval(backend, data_dir: Path, opts: SampleOptions) -> tuple[dict, list]:
+def _pose_eval(backend, data_dir: Path, settings: Settings) -> tuple[dict, list]:
     root = image_root(data_dir)
-    preds, R_gt, t_gt = [], [], []
+    lines = []
     for rec in read_records(data_dir):
-        if "pose" not in rec.tasks():
-            continue
-        s = build_sample(rec, load_images(rec, root), opts, all_points=True)
-        q = s.queries[0]
-        answer = backend.query_many(s.images, [q.question], max_new_tokens=64)[0]
-        preds.append(parse_pose(answer))
-        R_gt.append(np.asarray(q.gt["R"]))
-        t_gt.append(np.asarray(q.gt["t"]))
-    return pose_metrics(preds, R_gt, t_gt), list(zip(R_gt, t_gt))
+        if POSE.has_labels(rec):
+            s = build_sample(rec, load_images(rec, root), POSE, settings)
+            lines += [a.line(s) for a in ask(backend, s, max_new_tokens=64)]
+    pairs = [(np.asarray(line["gt"]["R"]), np.asarray(line["gt"]["t"])) for line in lines]
+    return POSE.metrics(lines), pairs
 
 
 def _identity_pose_baseline(train_dir: Path, pairs: list) -> dict:
@@ -158,7 +157,7 @@ def _identity_pose_baseline(train_dir: Path, pairs: list) -> dict:
 
     dirs = []
     for rec in read_records(train_dir):
-        if "pose" in rec.tasks():
+        if POSE.has_labels(rec):
             c = camera2_center_in_cam1(relative_pose(rec.views[0].pose, rec.views[1].pose))
             dirs.append(c / max(np.linalg.norm(c), 1e-12))
     d = identity_pose_direction(dirs)
@@ -186,22 +185,22 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     train_sets = [str(paths["fixed_rig"]), str(paths["random_rig"])]
 
     arms_spec = {
-        "a": ("recipe", ["data.unify=true"], cfg.steps, "depth"),
-        "b": ("no unification", ["data.unify=false", "data.resize_to=[112, 112]"], cfg.steps, "depth"),
+        "a": ("recipe", ["data.unify=true"], cfg.steps, DEPTH.name),
+        "b": ("no unification", ["data.unify=false", "data.resize_to=[112, 112]"], cfg.steps, DEPTH.name),
     }
     if cfg.mixture_steps > 0:
-        arms_spec["c"] = ("recipe, uniform mixture", ["data.unify=true", "data.mixture=uniform"], cfg.mixture_steps, "depth")
+        arms_spec["c"] = ("recipe, uniform mixture", ["data.unify=true", "data.mixture=uniform"], cfg.mixture_steps, DEPTH.name)
     if cfg.pose_steps > 0:
-        arms_spec["d"] = ("recipe, pose", ["data.unify=true"], cfg.pose_steps, "pose")
+        arms_spec["d"] = ("recipe, pose", ["data.unify=true"], cfg.pose_steps, POSE.name)
 
     results: dict[str, Any] = {"config": {k: str(v) for k, v in asdict(cfg).items()}, "arms": {}, "baselines": {}}
     heldouts: dict[str, dict[str, HeldOut]] = {}
     tcfgs, all_opts = {}, {}
     for key, (name, overrides, steps, task) in arms_spec.items():
-        sets = [str(paths["random_rig"])] if task == "pose" else train_sets
+        sets = [str(paths["random_rig"])] if task == POSE.name else train_sets
         tcfgs[key] = _train_config(cfg, model_dir, sets, task, cfg.out / "runs" / key, steps, overrides + [f"train.eval_every_steps={cfg.eval_every}"])
-        all_opts[key] = SampleOptions.from_data_config(tcfgs[key].data, size_multiple=28 if cfg.model is None else None)
-        if task == "depth":
+        all_opts[key] = tcfgs[key].data.settings(size_multiple=28 if cfg.model is None else None)
+        if task == DEPTH.name:
             hs = {"fixed_rig": build_heldout(paths["fixed_rig-test"], all_opts[key]), "random_rig": build_heldout(paths["random_rig-test"], all_opts[key])}
             ib = _ibims_heldout(cfg, all_opts[key])
             if ib is not None:
@@ -219,7 +218,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         tcfg, opts = tcfgs[key], all_opts[key]
         shutil.rmtree(tcfg.train.output_dir, ignore_errors=True)  # a re-run trains afresh, as the first run did
         arm = ArmResult(name, steps, 0.0)
-        if task == "depth":
+        if task == DEPTH.name:
             hs = heldouts[key]
             curve = Curve(name)
             eval_fn = make_eval_fn(hs["fixed_rig"], curve, log=lambda m: console.print(f"  {m}"))
@@ -245,7 +244,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     # Content-free baselines, fitted on the training labels as each depth arm sees them.
     for key in [k for k in ("a", "b") if k in heldouts]:
-        opts = heldouts[key]["fixed_rig"].opts
+        opts = heldouts[key]["fixed_rig"].settings
         items = []
         for p in (paths["fixed_rig"], paths["random_rig"]):
             items += build_heldout(p, opts, limit=1500).items

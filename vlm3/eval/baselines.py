@@ -43,7 +43,7 @@ class DepthLookups:
     NAMES = ("constant median", "row-only", "row + image size")
 
     def __init__(self, train: Sequence[DepthItem], n_coords: int, bins: int = 40) -> None:
-        # n_coords has no default on purpose: binning rows of [0, 100) as if they were [0, 2000)
+        # n_coords has no default on purpose: binning rows of [0, 100) as if they were the default range
         # would silently collapse the row lookups into two bins and flatter the model beside them.
         if not train:
             raise ValueError("depth lookups need at least one training item")

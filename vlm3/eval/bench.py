@@ -3,7 +3,7 @@
 A bench config::
 
     name: ibims1
-    task: depth                       # depth | pose | correspondence | object
+    task: depth                       # a registered task (vlm3.tasks.task_names())
     data:                             # exactly one of records / prepare / synth
       prepare:                        # converted once with `vlm3 prepare` into a cache folder
         adapter: depthlm-jsonl
@@ -14,8 +14,8 @@ A bench config::
     samples: ibims1.samples.json      # the versioned sample list (default: <config stem>.samples.json)
     seed: 0                           # seeds the sample list the first time it is made
     limits: {records: null, points: null}   # records in the list, labelled points per record
-    settings: {focal: 1000, n_coords: 2000, depth_type: range}   # see resolve_settings
-    max_new_tokens: 32
+    settings: {focal: 750, depth_type: range}    # vlm3.settings.Settings fields; the model's vlm3.json wins
+    max_new_tokens: 32                # default: the task's
 
 The sample list names the records and the labelled points of each (indices into the record's
 labels) in a seeded random order, so that any prefix (``--limit`` records, ``--limit-points``
@@ -37,35 +37,16 @@ from typing import Any
 
 import numpy as np
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from vlm3.data.records import Record
 from vlm3.data.sampling import item_rng
-from vlm3.tasks.samples import SampleOptions
+from vlm3.settings import ASK_FIELDS, Settings, validation_message
+from vlm3.tasks.base import UnknownTask, get_task
 
-TASKS: tuple[str, ...] = ("depth", "pose", "correspondence", "object")
-TASK_ALIASES = {"corr": "correspondence", "correspondences": "correspondence", "objects": "object"}
 SAMPLES_FORMAT = "vlm3-bench-samples"
 SAMPLES_VERSION = 1
-DEFAULT_MAX_NEW_TOKENS = {"depth": 32, "pose": 96, "correspondence": 32, "object": 64}
 CACHE_DIRNAME = ".vlm3-bench-cache"
-# Bench keys, data keys and the sample settings a bench may set.
-_BENCH_KEYS = {"name", "task", "data", "samples", "seed", "limits", "settings", "max_new_tokens", "description"}
-_DATA_KEYS = {"records", "prepare", "synth"}
-_PREPARE_KEYS = {"adapter", "root", "options", "points", "seed", "split"}
-_SYNTH_KEYS = {"family", "scenes", "seed", "points", "matches", "overrides"}
-_LIMIT_KEYS = {"records", "points"}
-SETTING_KEYS: tuple[str, ...] = ("unify", "focal", "size_multiple", "resize_to", "n_coords", "depth_type", "answer_style")
-# The defaults when neither the model (vlm3.json) nor the bench sets a value. "range" is what the
-# prompt asks ("how far ... from the camera"); records of z-depth are converted to it.
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "unify": True,
-    "focal": 1000.0,
-    "size_multiple": None,
-    "resize_to": None,
-    "n_coords": 2000,
-    "depth_type": "range",
-    "answer_style": "short",
-}
 
 
 class BenchError(ValueError):
@@ -73,6 +54,81 @@ class BenchError(ValueError):
 
 
 # --- config -----------------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PrepareSource(_Strict):
+    """Data converted once with ``vlm3 prepare`` (``root`` relative to the config file)."""
+
+    adapter: str = Field(min_length=1)
+    root: str = Field(min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+    points: PositiveInt | None = None
+    seed: int = Field(0, ge=0)
+    split: str = "test"
+
+
+class SynthSource(_Strict):
+    """Synthetic scenes rendered once (``vlm3.data.synth``)."""
+
+    family: str = "fixed_rig"
+    scenes: PositiveInt
+    seed: int = Field(0, ge=0)
+    points: PositiveInt = 10
+    matches: PositiveInt = 20
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataSource(_Strict):
+    """Exactly one of: a prepared folder, an adapter run, synthetic scenes."""
+
+    records: str | None = Field(None, min_length=1)
+    prepare: PrepareSource | None = None
+    synth: SynthSource | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "DataSource":
+        if sum(v is not None for v in (self.records, self.prepare, self.synth)) != 1:
+            raise ValueError("give exactly one of records, prepare, synth")
+        return self
+
+
+class Limits(_Strict):
+    records: PositiveInt | None = None
+    points: PositiveInt | None = None
+
+
+class BenchConfig(_Strict):
+    """A bench config file (see module doc)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    task: str
+    data: DataSource
+    samples: str | None = Field(None, min_length=1)
+    seed: int = Field(0, ge=0)
+    limits: Limits = Field(default_factory=Limits)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    max_new_tokens: PositiveInt | None = None
+    description: str | None = None
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        try:
+            return get_task(value).name
+        except UnknownTask as e:
+            raise ValueError(str(e)) from None
+
+    @field_validator("settings")
+    @classmethod
+    def _settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - set(ASK_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join('settings.' + k for k in unknown)}; known: {', '.join(ASK_FIELDS)}")
+        return value
 
 
 @dataclass
@@ -126,120 +182,29 @@ def bench_from_dict(raw: Any, path: str | Path | None = None) -> Bench:
     """A :class:`Bench` from a config mapping; relative paths are taken from ``path``'s folder."""
     where = str(path) if path is not None else "<bench config>"
     base = Path(path).resolve().parent if path is not None else Path.cwd()
-    if not isinstance(raw, dict):
-        raise BenchError(f"{where}: a bench config is a mapping with name, task and data")
-    _unknown(raw, _BENCH_KEYS, where, "")
-    for key in ("name", "task", "data"):
-        if key not in raw:
-            raise BenchError(f"{where}: missing field '{key}'")
-    name = raw["name"]
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise BenchError(f"{where}: name = {name!r} must be a word of letters, digits, '_', '-', '.'")
-    task = TASK_ALIASES.get(raw["task"], raw["task"])
-    if task not in TASKS:
-        raise BenchError(f"{where}: task = {raw['task']!r} must be one of {', '.join(TASKS)}")
-    data = _check_data(raw["data"], base, where)
-    seed = raw.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise BenchError(f"{where}: seed = {seed!r} must be a non-negative integer")
-    limits = raw.get("limits") or {}
-    if not isinstance(limits, dict):
-        raise BenchError(f"{where}: limits = {limits!r} must be a mapping with records and/or points")
-    _unknown(limits, _LIMIT_KEYS, where, "limits.")
-    max_records = _opt_positive(limits.get("records"), where, "limits.records")
-    max_points = _opt_positive(limits.get("points"), where, "limits.points")
-    settings = raw.get("settings") or {}
-    if not isinstance(settings, dict):
-        raise BenchError(f"{where}: settings = {settings!r} must be a mapping")
-    _unknown(settings, set(SETTING_KEYS), where, "settings.")
-    check_settings(settings, f"{where}: settings")
-    samples = raw.get("samples")
-    if samples is None:
-        samples_path = base / f"{Path(path).stem}.samples.json" if path is not None else None
-    elif isinstance(samples, str) and samples:
-        samples_path = (base / _expand(samples, where, "samples")).resolve()
+    try:
+        cfg = BenchConfig.model_validate(raw)
+        Settings.model_validate(cfg.settings)
+    except ValidationError as e:
+        prefix = "settings." if e.title == Settings.__name__ else ""
+        raise BenchError(f"{where}: {validation_message(e, prefix)}") from None
+
+    def resolve(value: str, name: str) -> str:
+        return str((base / _expand(value, where, name)).resolve())
+
+    d = cfg.data
+    if d.records is not None:
+        data: dict[str, Any] = {"records": resolve(d.records, "data.records")}
+    elif d.prepare is not None:
+        p = d.prepare
+        data = {"prepare": {"adapter": p.adapter, "root": resolve(p.root, "data.prepare.root"), "options": {str(k): str(v) for k, v in p.options.items()}, "points": p.points, "seed": p.seed, "split": p.split}}
     else:
-        raise BenchError(f"{where}: samples = {samples!r} must be a file name")
-    max_new = _opt_positive(raw.get("max_new_tokens"), where, "max_new_tokens")
-    return Bench(name, task, data, samples_path, seed, max_records, max_points, dict(settings), max_new, where)
-
-
-def _check_data(data: Any, base: Path, where: str) -> dict[str, Any]:
-    if not isinstance(data, dict) or len(set(data) & _DATA_KEYS) != 1:
-        raise BenchError(f"{where}: data must have exactly one of {', '.join(sorted(_DATA_KEYS))}, got {data!r}")
-    _unknown(data, _DATA_KEYS, where, "data.")
-    if "records" in data:
-        value = data["records"]
-        if not isinstance(value, str) or not value:
-            raise BenchError(f"{where}: data.records = {value!r} must be a folder path")
-        return {"records": str((base / _expand(value, where, "data.records")).resolve())}
-    if "prepare" in data:
-        spec = data["prepare"]
-        if not isinstance(spec, dict):
-            raise BenchError(f"{where}: data.prepare must be a mapping with adapter and root")
-        _unknown(spec, _PREPARE_KEYS, where, "data.prepare.")
-        for key in ("adapter", "root"):
-            if not isinstance(spec.get(key), str) or not spec[key]:
-                raise BenchError(f"{where}: data.prepare.{key} = {spec.get(key)!r} must be a non-empty string")
-        options = spec.get("options") or {}
-        if not isinstance(options, dict):
-            raise BenchError(f"{where}: data.prepare.options = {options!r} must be a mapping")
-        root = (base / _expand(spec["root"], where, "data.prepare.root")).resolve()
-        out = {"adapter": spec["adapter"], "root": str(root), "options": {str(k): str(v) for k, v in options.items()}}
-        out["points"] = _opt_positive(spec.get("points"), where, "data.prepare.points")
-        out["seed"] = int(spec.get("seed", 0))
-        out["split"] = str(spec.get("split", "test"))
-        return {"prepare": out}
-    spec = data["synth"]
-    if not isinstance(spec, dict):
-        raise BenchError(f"{where}: data.synth must be a mapping with family and scenes")
-    _unknown(spec, _SYNTH_KEYS, where, "data.synth.")
-    scenes = _opt_positive(spec.get("scenes"), where, "data.synth.scenes")
-    if scenes is None:
-        raise BenchError(f"{where}: data.synth.scenes must be a positive integer")
-    overrides = spec.get("overrides") or {}
-    if not isinstance(overrides, dict):
-        raise BenchError(f"{where}: data.synth.overrides = {overrides!r} must be a mapping of family parameters")
-    return {
-        "synth": {
-            "family": str(spec.get("family", "fixed_rig")),
-            "scenes": scenes,
-            "seed": int(spec.get("seed", 0)),
-            "points": int(spec.get("points", 10)),
-            "matches": int(spec.get("matches", 20)),
-            "overrides": overrides,
-        }
-    }
-
-
-def check_settings(settings: dict[str, Any], where: str) -> None:
-    """Type-check sample settings (keys of :data:`SETTING_KEYS`); BenchError naming the field."""
-    checks = {
-        "unify": lambda v: isinstance(v, bool),
-        "focal": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
-        "size_multiple": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-        "resize_to": lambda v: v is None or (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v)),
-        "n_coords": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 2,
-        "depth_type": lambda v: v in ("z", "range"),
-        "answer_style": lambda v: isinstance(v, str),
-    }
-    for key, value in settings.items():
-        if key in checks and not checks[key](value):
-            raise BenchError(f"{where}.{key} = {value!r} is not valid")
-
-
-def _unknown(mapping: dict, known: set[str], where: str, prefix: str) -> None:
-    extra = sorted(set(mapping) - known)
-    if extra:
-        raise BenchError(f"{where}: unknown field(s) {', '.join(prefix + k for k in extra)}; known: {', '.join(sorted(known))}")
-
-
-def _opt_positive(value: Any, where: str, name: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BenchError(f"{where}: {name} = {value!r} must be a positive integer (or null)")
-    return value
+        data = {"synth": d.synth.model_dump()}
+    if cfg.samples is not None:
+        samples_path: Path | None = Path(resolve(cfg.samples, "samples"))
+    else:
+        samples_path = base / f"{Path(path).stem}.samples.json" if path is not None else None
+    return Bench(cfg.name, cfg.task, data, samples_path, cfg.seed, cfg.limits.records, cfg.limits.points, dict(cfg.settings), cfg.max_new_tokens, where)
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -255,53 +220,6 @@ def _expand(text: str, where: str, name: str) -> str:
         return value if value is not None else match.group(2)
 
     return os.path.expanduser(_VAR.sub(sub, text))
-
-
-# --- settings ---------------------------------------------------------------------------------
-
-
-def resolve_settings(task: str, model_meta: dict[str, Any] | None, bench_settings: dict[str, Any] | None = None) -> tuple[SampleOptions, dict[str, str]]:
-    """Sample settings for evaluation and where each came from.
-
-    Per key, in order: the model's ``vlm3.json`` (how it was trained to be asked), the bench
-    config, :data:`DEFAULT_SETTINGS`. Returns the options and ``{key: "model" | "bench" | "default"}``.
-    """
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for key in SETTING_KEYS:
-        if model_meta is not None and key in model_meta and (model_meta[key] is not None or key in ("size_multiple", "resize_to")):
-            values[key], sources[key] = model_meta[key], "model"
-        elif bench_settings and key in bench_settings:
-            values[key], sources[key] = bench_settings[key], "bench"
-        else:
-            values[key], sources[key] = DEFAULT_SETTINGS[key], "default"
-    check_settings(values, "settings")
-    resize_to = tuple(values["resize_to"]) if values["resize_to"] else None
-    opts = SampleOptions(
-        task=task,  # type: ignore[arg-type]
-        unify=bool(values["unify"]),
-        focal=float(values["focal"]),
-        size_multiple=values["size_multiple"],
-        resize_to=resize_to,  # type: ignore[arg-type]
-        n_coords=int(values["n_coords"]),
-        answer_style=str(values["answer_style"]),
-        depth_type=values["depth_type"],
-    )
-    return opts, sources
-
-
-def settings_dict(opts: SampleOptions) -> dict[str, Any]:
-    """The evaluation-relevant fields of ``opts`` as plain JSON values."""
-    return {
-        "task": opts.task,
-        "unify": opts.unify,
-        "focal": opts.focal,
-        "size_multiple": opts.size_multiple,
-        "resize_to": list(opts.resize_to) if opts.resize_to else None,
-        "n_coords": opts.n_coords,
-        "depth_type": opts.depth_type,
-        "answer_style": opts.answer_style,
-    }
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -357,9 +275,8 @@ def _synth(bench: Bench, folder: Path, progress: bool) -> None:
         family = get_family(spec["family"], **_synth_overrides(spec["overrides"]))
     except (KeyError, ValueError, TypeError) as e:
         raise BenchError(f"{bench.source}: data.synth: {e}") from None
-    tasks = "correspondence" if bench.task == "correspondence" else bench.task
     generate(
-        family, spec["scenes"], folder, seed=spec["seed"], tasks=tasks, points=spec["points"], matches=spec["matches"],
+        family, spec["scenes"], folder, seed=spec["seed"], tasks=bench.task, points=spec["points"], matches=spec["matches"],
         split="test", overwrite=True, progress=progress,
     )
 
@@ -426,31 +343,9 @@ class SampleList:
         }
 
 
-def label_key(task: str, label: int | None) -> str:
-    """The key of one query within its record: ``d12`` (depth label 12), ``m3`` (match), ``q40`` (object question), ``pair``."""
-    if label is None:
-        return "pair"
-    return {"depth": "d", "correspondence": "m", "object": "q"}[task] + str(int(label))
-
-
 def entries_hash(task: str, entries: list[Entry]) -> str:
     text = json.dumps({"task": task, "entries": [[e.record, e.labels] for e in entries]}, separators=(",", ":"))
     return "sha256:" + _sha(text)
-
-
-def n_labels(record: Record, task: str) -> int | None:
-    """How many labels of ``task`` a record has (None for pose: one question per pair)."""
-    if task == "depth":
-        return len(record.depth.pixels) if record.depth else 0
-    if task == "correspondence":
-        return len(record.matches.pixels0) if record.matches else 0
-    if task == "object":
-        from vlm3.tasks.object3d import PREDICATES, QUANTITIES
-
-        # build_sample asks every predicate and quantity for every ordered pair of boxed objects.
-        k = sum(1 for o in record.objects or [] if o.box2d is not None)
-        return k * (k - 1) * (len(PREDICATES) + len(QUANTITIES)) if k >= 2 else 0
-    return None
 
 
 def records_fingerprint(records: list[Record]) -> str:
@@ -465,14 +360,15 @@ def records_fingerprint(records: list[Record]) -> str:
 def make_sample_list(bench: Bench, records: dict[str, Record]) -> SampleList:
     """Draw the list from ``bench.seed``: records in a seeded order, each record's labels in a
     seeded order (from ``(seed, record id)`` alone), cut to the bench limits."""
-    usable = sorted(rid for rid, rec in records.items() if bench.task in rec.tasks())
+    task = get_task(bench.task)
+    usable = sorted(rid for rid, rec in records.items() if task.has_labels(rec))
     if not usable:
         raise BenchError(f"{bench.source}: no record of the data has {bench.task} labels")
     order = np.random.default_rng(bench.seed).permutation(len(usable))
     chosen = [usable[i] for i in order[: bench.max_records]]
     entries: list[Entry] = []
     for rid in chosen:
-        n = n_labels(records[rid], bench.task)
+        n = task.n_labels(records[rid])
         if n == 0:
             continue  # e.g. an image with a single boxed object: nothing to ask
         if n is None:

@@ -11,23 +11,25 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from vlm3.ask import ask
 from vlm3.data.io import image_root, read_records
 from vlm3.eval.baselines import DepthItem, DepthLookups
-from vlm3.tasks.depth import depth_metrics, parse_depth
-from vlm3.tasks.samples import Sample, SampleOptions, build_sample, load_images
+from vlm3.settings import Settings
+from vlm3.tasks.depth import DEPTH, depth_metrics
+from vlm3.tasks.samples import Sample, build_sample, load_images
 
 
 @dataclass
 class HeldOut:
-    """Depth samples (all labelled points as queries) of unseen scenes under one arm's options."""
+    """Depth samples (all labelled points as queries) of unseen scenes under one arm's settings."""
 
     samples: list[Sample]
-    opts: SampleOptions
+    settings: Settings
 
     @property
     def items(self) -> list[DepthItem]:
         return [
-            DepthItem(q.meta["coords"][0], q.meta["coords"][1], s.images[0].width, s.images[0].height, float(q.gt))
+            DepthItem(q.fields["coords"][0], q.fields["coords"][1], s.images[0].width, s.images[0].height, float(q.gt))
             for s in self.samples
             for q in s.queries
         ]
@@ -37,22 +39,22 @@ class HeldOut:
         return [float(q.gt) for s in self.samples for q in s.queries]
 
 
-def build_heldout(data_dir: str | Path, opts: SampleOptions, max_points: int | None = None, limit: int | None = None) -> HeldOut:
+def build_heldout(data_dir: str | Path, settings: Settings, max_points: int | None = None, limit: int | None = None) -> HeldOut:
     """Every record of a prepared dataset as an evaluation sample (first ``max_points`` points each)."""
     root = image_root(data_dir)
     samples = []
     for i, rec in enumerate(read_records(data_dir)):
         if limit is not None and i >= limit:
             break
-        if "depth" not in rec.tasks():
+        if not DEPTH.has_labels(rec):
             continue
-        s = build_sample(rec, load_images(rec, root), opts, all_points=True)
+        s = build_sample(rec, load_images(rec, root), DEPTH, settings)
         if max_points is not None:
             s.queries = s.queries[:max_points]
         samples.append(s)
     if not samples:
         raise ValueError(f"{data_dir}: no depth records to evaluate")
-    return HeldOut(samples, opts)
+    return HeldOut(samples, settings)
 
 
 def common_points(heldouts: Sequence[HeldOut]) -> list[HeldOut]:
@@ -62,22 +64,22 @@ def common_points(heldouts: Sequence[HeldOut]) -> list[HeldOut]:
     the patch multiple crops at most half a patch at the right and bottom); comparing arms on
     different points would not be fair, so each is scored on the shared labels only.
     """
-    keys = [{(s.record_id, q.meta["index"]) for s in h.samples for q in s.queries} for h in heldouts]
+    keys = [{(s.record_id, q.label) for s in h.samples for q in s.queries} for h in heldouts]
     shared = set.intersection(*keys) if keys else set()
     out = []
     for h in heldouts:
         samples = []
         for s in h.samples:
-            queries = [q for q in s.queries if (s.record_id, q.meta["index"]) in shared]
+            queries = [q for q in s.queries if (s.record_id, q.label) in shared]
             if queries:
                 samples.append(replace(s, queries=queries))
-        out.append(HeldOut(samples, h.opts))
+        out.append(HeldOut(samples, h.settings))
     return out
 
 
-def training_items(data_dir: str | Path, opts: SampleOptions, limit: int | None = None) -> list[DepthItem]:
-    """The training labels as lookups see them (all points of every record under ``opts``)."""
-    return build_heldout(data_dir, opts, limit=limit).items
+def training_items(data_dir: str | Path, settings: Settings, limit: int | None = None) -> list[DepthItem]:
+    """The training labels as lookups see them (all points of every record under ``settings``)."""
+    return build_heldout(data_dir, settings, limit=limit).items
 
 
 def evaluate_depth(backend: Any, heldout: HeldOut, max_new_tokens: int = 12) -> dict[str, Any]:
@@ -85,9 +87,9 @@ def evaluate_depth(backend: Any, heldout: HeldOut, max_new_tokens: int = 12) -> 
     preds: list[float | None] = []
     raw: list[str] = []
     for s in heldout.samples:
-        answers = backend.query_many(s.images, [q.question for q in s.queries], max_new_tokens=max_new_tokens)
-        raw += answers
-        preds += [parse_depth(a) for a in answers]
+        answers = ask(backend, s, max_new_tokens=max_new_tokens)
+        raw += [a.raw for a in answers]
+        preds += [a.pred for a in answers]
     metrics = depth_metrics(preds, heldout.gt)
     return {"metrics": metrics, "preds": preds, "raw": raw}
 
@@ -131,16 +133,4 @@ def make_eval_fn(heldout: HeldOut, curve: Curve, batch_size: int = 64, log: Any 
         return point
 
     return fn
-
-
-def summary_rows(curves: Sequence[Curve], minutes: Sequence[float]) -> list[list[str]]:
-    """Rows ``[name, δ1 at each minute mark]`` for a table."""
-    rows = []
-    for c in curves:
-        row = [c.name]
-        for mk in minutes:
-            p = c.at_minutes(mk)
-            row.append("–" if p is None else f"{p['delta1']:.2f}")
-        rows.append(row)
-    return rows
 

@@ -2,9 +2,8 @@
 
 For each record of the bench's sample list (``vlm3.eval.bench``) the record becomes a sample
 (``vlm3.tasks.samples.build_sample``: view transform, text coordinates, one question per label),
-its questions go to ``backend.query_many`` in one call (the local backend encodes the image once
-and shares its KV cache), and the answers are parsed and appended to ``OUT/predictions.jsonl``,
-flushed and synced per record. A crashed or interrupted run is resumed by running the same
+:func:`vlm3.ask.ask` puts its questions to the model in one call and reads the answers, and the
+prediction lines are appended to ``OUT/predictions.jsonl``, flushed and synced per record. A crashed or interrupted run is resumed by running the same
 command again: every (record, label) key already in the file is reused and not asked again. A
 torn last line (a kill in the middle of a write) is dropped and recomputed.
 
@@ -12,18 +11,11 @@ torn last line (a kill in the middle of a write) is dropped and recomputed.
 prompt templates, max_new_tokens); resuming into a folder made with different values is refused.
 
 Each line of ``predictions.jsonl``: ``key`` ("<record id>#<label>"), ``record``, ``label``
-(``d12`` = depth label 12 of the record, ``m3`` = match 3, ``q40`` = object question 40, ``pair``),
-``dataset``, ``question``, ``raw`` (the model's answer), ``parsed`` (the parser found an answer),
-``pred`` and ``gt`` (task units below), and task fields. Labels that fall outside the transformed
-image (possible only when ``size_multiple`` crops) are written with ``skipped`` and left out.
-
-- depth: ``gt``/``pred`` metres in ``settings.depth_type``; ``pixel`` (x, y) in the original image
-  (corner-origin pixels, see README), ``coords`` the text coordinates asked.
-- correspondence: ``pixel0`` in original image 1; ``gt``/``pred`` (x, y) in original image 2
-  (EPE is in original pixels); ``pred_coords`` the parsed text coordinates.
-- pose: ``gt`` = {R, t} of T_cam2_from_cam1; ``pred`` = {R, t, distance} (t has unit length
-  without a distance); ``metric``.
-- object: ``kind``, ``category``; ``gt``/``pred`` bool, metres or clock hour.
+(the task's label key: ``d12`` = depth label 12 of the record, ``m3`` = match 3, ``q40`` = object
+question 40, ``pair``), ``dataset``, ``question``, ``raw`` (the model's answer), ``parsed``,
+``pred`` and ``gt`` (in the task's units, original image frame; see each task class in
+``vlm3.tasks``), and the task's fields. Labels that fall outside the transformed image
+(possible only when ``size_multiple`` crops) are written with ``skipped`` and left out.
 """
 
 from __future__ import annotations
@@ -32,28 +24,19 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from vlm3.data.records import DepthLabels, Matches, Record
-from vlm3.eval.bench import (
-    DEFAULT_MAX_NEW_TOKENS,
-    Bench,
-    BenchError,
-    label_key,
-    load_bench,
-    load_records,
-    resolve_data,
-    resolve_settings,
-    sample_list_for,
-    settings_dict,
-    default_cache,
-)
-from vlm3.models.backend import Backend
-from vlm3.tasks.samples import SampleOptions, build_sample, load_images
+from vlm3.ask import AskError, ask
+from vlm3.data.records import Record
+from vlm3.eval.bench import Bench, BenchError, default_cache, load_bench, load_records, resolve_data, sample_list_for
+from vlm3.models.backend import Backend, open_backend, spec_name
+from vlm3.settings import Settings, SettingsError, model_settings_for, resolve_settings
+from vlm3.tasks.base import Task, get_task
+from vlm3.tasks.samples import build_sample, load_images
 
 PREDICTIONS = "predictions.jsonl"
 RUN_HEADER = "run.json"
@@ -76,198 +59,12 @@ class EvalResult:
     seconds: float
 
 
-# --- model and settings -------------------------------------------------------------------------
-
-
-def model_meta(spec: str | None, meta: str | Path | None = None) -> tuple[dict[str, Any] | None, str | None]:
-    """The sample settings a model was trained with (``vlm3.json``) and where they were read.
-
-    ``meta`` (a checkpoint folder or a ``vlm3.json`` file) wins; otherwise a local model folder
-    (also ``vllm:FOLDER``) is looked in. HTTP models have none unless ``meta`` is given.
-    """
-    from vlm3.train.sft import VLM3_META, read_meta
-
-    if meta is not None:
-        path = Path(meta).expanduser()
-        folder = path.parent if path.is_file() else path
-        if not (folder / VLM3_META).is_file():
-            raise EvalError(f"--meta {meta}: no {VLM3_META} there (give a trained checkpoint folder or its {VLM3_META})")
-        try:
-            return read_meta(folder), str(folder / VLM3_META)
-        except (OSError, json.JSONDecodeError) as e:
-            raise EvalError(f"{folder / VLM3_META}: cannot read ({e})") from None
-    if spec is None or spec.startswith(("http://", "https://")):
-        return None, None
-    folder = Path(spec[len("vllm:"):] if spec.startswith("vllm:") else spec).expanduser()
-    if folder.is_dir() and (folder / VLM3_META).is_file():
-        try:
-            return read_meta(folder), str(folder / VLM3_META)
-        except (OSError, json.JSONDecodeError) as e:
-            raise EvalError(f"{folder / VLM3_META}: cannot read ({e})") from None
-    return None, None
-
-
-def open_backend(spec: str, batch_size: int | None = None, *, device: str = "cpu", dtype: str | None = None) -> Backend:
-    """A backend from a model spec (see ``vlm3.models.backend.make_backend``).
-
-    ``batch_size`` is the local backend's batch, or the number of requests in flight for HTTP.
-    """
-    from vlm3.models.backend import make_backend
-
-    if spec.startswith(("http://", "https://")):
-        return make_backend(spec, **({"max_concurrency": batch_size} if batch_size else {}))
-    if spec.startswith("vllm:"):
-        return make_backend(spec)
-    kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
-    if batch_size:
-        kwargs["batch_size"] = batch_size
-    return make_backend(spec, **kwargs)
-
-
-def prompt_template_hash(task: str) -> str:
+def prompt_template_hash(task: Task, settings: Settings) -> str:
     """Hash of the task's question templates (changes when the prompt wording changes)."""
-    from vlm3.tasks import correspondence, depth, object3d, pose
-
-    parts = {
-        "depth": [depth.depth_question(0, 0, 1)],
-        "pose": [pose.pose_prompt(True), pose.pose_prompt(False)],
-        "correspondence": [correspondence.correspondence_question(0, 0)],
-        "object": [*object3d.QUALITATIVE_QUESTIONS, json.dumps(object3d.PREDICATES, sort_keys=True), json.dumps({k: v[0] for k, v in object3d.QUANTITIES.items()}, sort_keys=True)],
-    }[task]
-    return "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-# --- one record's questions ---------------------------------------------------------------------
-
-
-@dataclass
-class _Item:
-    """One question of a record: its key, the text, and the fields written with its answer."""
-
-    label: str
-    question: str
-    fields: dict[str, Any]
-    parse: Callable[[str], tuple[bool, Any, dict[str, Any]]]
-
-
-@dataclass
-class _RecordWork:
-    items: list[_Item]
-    skipped: list[str]  # labels outside the transformed image
-    images: list[Any] = field(default_factory=list)
-
-
-def record_work(task: str, record: Record, images: list[np.ndarray], opts: SampleOptions, labels: list[int] | None) -> _RecordWork:
-    """The questions of one sample-list entry: its selected labels, asked one at a time."""
-    builder = {"depth": _depth_work, "correspondence": _corr_work, "pose": _pose_work, "object": _object_work}[task]
-    return builder(record, images, opts, labels)
-
-
-def _depth_work(record: Record, images, opts: SampleOptions, labels: list[int] | None) -> _RecordWork:
-    from vlm3.tasks.depth import parse_depth
-
-    labels = list(labels or [])
-    d = record.depth
-    sub = record.model_copy(update={"depth": DepthLabels(pixels=[d.pixels[i] for i in labels], depth=[d.depth[i] for i in labels], depth_type=d.depth_type)})
-    orig = np.asarray(sub.depth.pixels, dtype=np.float64).reshape(-1, 2)
-    try:
-        sample = build_sample(sub, images, opts, all_points=True)
-    except ValueError as e:
-        if "no depth labels inside" in str(e):
-            return _RecordWork([], [label_key("depth", i) for i in labels])
-        raise
-    keep = np.flatnonzero(sample.view.record.views[0].K.contains(sample.view.transforms[0].forward(orig)))
-    kept = {int(k) for k in keep}
-
-    def parse(raw: str) -> tuple[bool, Any, dict]:
-        value = parse_depth(raw)
-        return value is not None, value, {}
-
-    items = []
-    for q in sample.queries:
-        pos = int(keep[q.meta["index"]])
-        items.append(_Item(label_key("depth", labels[pos]), q.question, {"gt": q.gt, "pixel": orig[pos].tolist(), "coords": q.meta["coords"]}, parse))
-    skipped = [label_key("depth", labels[p]) for p in range(len(labels)) if p not in kept]
-    return _RecordWork(items, skipped, sample.images)
-
-
-def _corr_work(record: Record, images, opts: SampleOptions, labels: list[int] | None) -> _RecordWork:
-    from vlm3.tasks.correspondence import parse_correspondence
-    from vlm3.textref import decode_pixel
-
-    labels = list(labels or [])
-    m = record.matches
-    sub = record.model_copy(update={"matches": Matches(pixels0=[m.pixels0[i] for i in labels], pixels1=[m.pixels1[i] for i in labels])})
-    p0 = np.asarray(sub.matches.pixels0, dtype=np.float64).reshape(-1, 2)
-    p1 = np.asarray(sub.matches.pixels1, dtype=np.float64).reshape(-1, 2)
-    try:
-        sample = build_sample(sub, images, opts, all_points=True)
-    except ValueError as e:
-        if "no correspondences inside" in str(e):
-            return _RecordWork([], [label_key("correspondence", i) for i in labels])
-        raise
-    view = sample.view
-    K0, K1 = view.record.views[0].K, view.record.views[1].K
-    inside = K0.contains(view.transforms[0].forward(p0)) & K1.contains(view.transforms[1].forward(p1))
-    keep = np.flatnonzero(inside)
-    back = view.transforms[1].backward
-    n = opts.n_coords
-
-    def parse(raw: str) -> tuple[bool, Any, dict]:
-        point = parse_correspondence(raw, n)
-        if point is None:
-            return False, None, {}
-        xy = back(np.array([decode_pixel(point[0], point[1], K1.width, K1.height, n)]))[0]
-        return True, [float(xy[0]), float(xy[1])], {"pred_coords": [point[0], point[1]]}
-
-    items = []
-    for q in sample.queries:
-        pos = int(keep[q.meta["index"]])
-        items.append(_Item(label_key("correspondence", labels[pos]), q.question, {"gt": q.gt, "pixel0": p0[pos].tolist(), "coords": q.meta["coords"]}, parse))
-    skipped = [label_key("correspondence", labels[p]) for p in range(len(labels)) if not inside[p]]
-    return _RecordWork(items, skipped, sample.images)
-
-
-def _pose_work(record: Record, images, opts: SampleOptions, labels: list[int] | None) -> _RecordWork:
-    from vlm3.tasks.pose import parse_pose
-
-    sample = build_sample(record, images, opts, all_points=True)
-    q = sample.queries[0]
-
-    def parse(raw: str) -> tuple[bool, Any, dict]:
-        p = parse_pose(raw)
-        if p is None:
-            return False, None, {}
-        return True, {"R": np.asarray(p.R).tolist(), "t": np.asarray(p.t).tolist(), "distance": p.distance}, {}
-
-    return _RecordWork([_Item("pair", q.question, {"gt": q.gt, "metric": q.meta["metric"]}, parse)], [], sample.images)
-
-
-def _object_work(record: Record, images, opts: SampleOptions, labels: list[int] | None) -> _RecordWork:
-    from vlm3.eval.bench import n_labels
-    from vlm3.tasks.object3d import parse_object_answer
-
-    sample = build_sample(record, images, opts, all_points=True)
-    expected = n_labels(record, "object")
-    if len(sample.queries) != expected:
-        raise EvalError(f"record {record.id}: {len(sample.queries)} object questions but the sample list assumes {expected}")
-    items = []
-    for i in labels or []:
-        q = sample.queries[i]
-        kind = q.meta["kind"]
-
-        def parse(raw: str, kind: str = kind) -> tuple[bool, Any, dict]:
-            value = parse_object_answer(raw, kind)
-            return value is not None, value, {}
-
-        gt = bool(q.gt) if kind == "qualitative" else (int(q.gt) if kind == "direction" else float(q.gt))
-        items.append(_Item(label_key("object", i), q.question, {"gt": gt, "kind": kind, "category": q.meta["category"]}, parse))
-    return _RecordWork(items, [], sample.images)
+    return "sha256:" + hashlib.sha256("\n".join(task.prompts(settings)).encode()).hexdigest()[:16]
 
 
 # --- predictions file ---------------------------------------------------------------------------
-
-
 def read_predictions(path: str | Path) -> dict[str, dict[str, Any]]:
     """Cached predictions by key. A torn last line (no newline: the writer was killed) is cut off."""
     path = Path(path)
@@ -345,23 +142,27 @@ def run_eval(
     samples = sample_list_for(bench, records, cache)
     # A backend object made by from_pretrained is named after its folder: its vlm3.json counts too.
     spec = model if isinstance(model, str) else getattr(model, "name", None)
-    meta_values, meta_source = model_meta(spec or None, meta)
-    if meta_values is not None and meta_values.get("task") not in (None, bench.task):
-        _warn(f"the model was trained for task {meta_values.get('task')!r}; bench {bench.name!r} is {bench.task!r}")
-    opts, sources = resolve_settings(bench.task, meta_values, bench.settings)
-    max_new = max_new_tokens or bench.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[bench.task]
+    task = get_task(bench.task)
+    try:
+        trained = model_settings_for(spec or None, meta)
+    except SettingsError as e:
+        raise EvalError(str(e)) from None
+    if trained is not None and trained.task not in (None, task.name):
+        _warn(f"the model was trained for task {trained.task!r}; bench {bench.name!r} is {task.name!r}")
+    settings, sources = resolve_settings(None if trained is None else trained.settings.model_dump(), bench.settings)
+    max_new = max_new_tokens or bench.max_new_tokens or task.max_new_tokens
     backend = open_backend(model, batch_size, device=device, dtype=dtype) if isinstance(model, str) else model
     if not isinstance(model, str) and batch_size is not None:
         _set_batch_size(backend, batch_size)
-    model_name = _spec_name(model) if isinstance(model, str) else (backend.name or type(backend).__name__)
+    model_name = spec_name(model) if isinstance(model, str) else (backend.name or type(backend).__name__)
 
     header = {
         "model": model_name,
         "bench": bench.name,
-        "task": bench.task,
+        "task": task.name,
         "samples_hash": samples.hash,
-        "settings": settings_dict(opts),
-        "prompt_template_hash": prompt_template_hash(bench.task),
+        "settings": settings.model_dump(mode="json"),
+        "prompt_template_hash": prompt_template_hash(task, settings),
         "max_new_tokens": max_new,
     }
     _check_header(out, header, overwrite)
@@ -377,13 +178,13 @@ def run_eval(
         with open(out / PREDICTIONS, "a", encoding="utf-8") as f:
             for entry in entries:
                 labels = entry.labels[:limit_points] if entry.labels is not None else None
-                keys = [f"{entry.record}#{label_key(bench.task, i)}" for i in (labels if labels is not None else [None])]
+                keys = [f"{entry.record}#{task.label_key(i)}" for i in (labels if labels is not None else [None])]
                 have = sum(k in cached for k in keys)
                 reused += have
                 if have == len(keys):
                     bar.advance(len(keys))
                     continue
-                lines, asked = _answer_entry(backend, bench.task, records[entry.record], root, opts, labels, cached, max_new)
+                lines, asked = _answer_entry(backend, task, records[entry.record], root, settings, labels, cached, max_new)
                 calls += bool(asked)
                 if lines:
                     f.write("".join(json.dumps(line) + "\n" for line in lines))
@@ -400,15 +201,15 @@ def run_eval(
     ordered = []
     for entry in entries:
         labels = entry.labels[:limit_points] if entry.labels is not None else [None]
-        ordered += [cached[f"{entry.record}#{label_key(bench.task, i)}"] for i in labels]
+        ordered += [cached[f"{entry.record}#{task.label_key(i)}"] for i in labels]
     info = {
-        "model": {"spec": model_name, "backend": type(backend).__name__, "settings_from": meta_source, "processor": processor_info(backend, [records[e.record] for e in entries], opts)},
+        "model": {"spec": model_name, "backend": type(backend).__name__, "settings_from": None if trained is None else trained.path, "processor": processor_info(backend, [records[e.record] for e in entries], task, settings)},
         "bench": {
             "name": bench.name, "config": bench.source, "task": bench.task, "data": str(data_dir),
             "samples": str(samples.path) if samples.path else None, "samples_hash": samples.hash, "seed": samples.seed,
             "records": len(entries), "records_in_list": len(samples.entries), "limit": limit, "limit_points": limit_points,
         },
-        "settings": settings_dict(opts),
+        "settings": header["settings"],
         "settings_source": sources,
         "prompt_template_hash": header["prompt_template_hash"],
         "questions_hash": "sha256:" + hashlib.sha256("\n".join(l.get("question", "") for l in ordered).encode()).hexdigest()[:16],
@@ -424,69 +225,43 @@ def run_eval(
     if proc and proc["images_resized"]:
         _warn(
             f"the model's image processor resizes {proc['images_resized']} of {proc['images']} unified images, so the focal "
-            f"length it sees is fx {proc['effective_fx'][0]:.1f}..{proc['effective_fx'][1]:.1f} px, not {opts.focal:g}; "
+            f"length it sees is fx {proc['effective_fx'][0]:.1f}..{proc['effective_fx'][1]:.1f} px, not {settings.focal:g}; "
             f"use settings.size_multiple = {proc['patch_multiple']} and a pixel budget ({proc['min_pixels']}..{proc['max_pixels']}) that holds the images"
         )
-    metrics = write_report(out, bench.task, ordered, info, records=records, image_root=root, plots=plots)
+    metrics = write_report(out, task, ordered, info, records=records, image_root=root, plots=plots)
     return EvalResult(out, metrics, len(ordered), reused, calls, seconds)
 
 
 def _answer_entry(
     backend: Backend,
-    task: str,
+    task: Task,
     record: Record,
     root: Path,
-    opts: SampleOptions,
+    settings: Settings,
     labels: list[int] | None,
     cached: dict[str, Any],
     max_new_tokens: int,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Prediction lines for the uncached questions of one record (one ``query_many`` call), and
-    how many questions were asked."""
+    """Prediction lines for the uncached questions of one record (one backend call), and how
+    many questions were asked."""
     images = load_images(record, root)
     try:
-        work = record_work(task, record, images, opts, labels)
+        sample = build_sample(record, images, task, settings, labels=labels)
     except ValueError as e:
         raise EvalError(f"record {record.id}: {e}") from None
-    pending = [it for it in work.items if f"{record.id}#{it.label}" not in cached]
-    answers = backend.query_many(work.images, [it.question for it in pending], max_new_tokens) if pending else []
-    if len(answers) != len(pending):
-        raise EvalError(f"the backend gave {len(answers)} answers for {len(pending)} questions (record {record.id})")
-    lines = [_line(record, it, raw) for it, raw in zip(pending, answers)]
-    lines += [
-        {"key": f"{record.id}#{lab}", "record": record.id, "label": lab, "dataset": record.dataset, "skipped": "outside the transformed image"}
-        for lab in work.skipped
-        if f"{record.id}#{lab}" not in cached
-    ]
-    return lines, len(pending)
-
-
-def _line(record: Record, item: _Item, raw: Any) -> dict[str, Any]:
-    text = raw if isinstance(raw, str) else ""
+    if labels is not None and len(sample.queries) + len(sample.dropped) != len(labels):
+        raise EvalError(f"record {record.id}: {len(sample.queries)} questions for {len(labels)} listed labels; the sample list does not fit the data")
+    done = {q.label for q in sample.queries if f"{record.id}#{task.label_key(q.label)}" in cached}
     try:
-        parsed, pred, extra = item.parse(text)
-    except Exception:  # a malformed answer is a failed prediction, never a crash
-        parsed, pred, extra = False, None, {}
-    return {
-        "key": f"{record.id}#{item.label}",
-        "record": record.id,
-        "label": item.label,
-        "dataset": record.dataset,
-        "question": item.question,
-        "raw": text,
-        "parsed": bool(parsed),
-        "pred": pred,
-        **item.fields,
-        **extra,
-    }
-
-
-def _spec_name(spec: str) -> str:
-    """The model spec as recorded: local folders as absolute paths, so ./m and m are one model."""
-    if spec.startswith(("http://", "https://", "vllm:")):
-        return spec
-    path = Path(spec).expanduser()
-    return str(path.resolve()) if path.exists() else spec
+        answers = ask(backend, sample, max_new_tokens=max_new_tokens, skip=done)
+    except AskError as e:
+        raise EvalError(str(e)) from None
+    lines = [a.line(sample) for a in answers]
+    for label in sample.dropped:
+        key = task.label_key(label)
+        if f"{record.id}#{key}" not in cached:
+            lines.append({"key": f"{record.id}#{key}", "record": record.id, "label": key, "dataset": record.dataset, "skipped": "outside the transformed image"})
+    return lines, len(answers)
 
 
 def _set_batch_size(backend: Backend, batch_size: int) -> None:
@@ -495,21 +270,21 @@ def _set_batch_size(backend: Backend, batch_size: int) -> None:
             setattr(backend, attr, int(batch_size))
 
 
-def seen_size(record: Record, opts: SampleOptions, view: int = 0) -> tuple[int, int, float, float]:
+def seen_size(record: Record, settings: Settings, view: int = 0) -> tuple[int, int, float, float]:
     """(width, height, fx, fy) of a record view as the model is shown it (before its processor)."""
     from vlm3.geometry.unify import unified_intrinsics
 
     K = record.views[view].K
-    if opts.unify:
-        U = unified_intrinsics(K, opts.focal, opts.size_multiple)
+    if settings.unify:
+        U = unified_intrinsics(K, settings.focal, settings.size_multiple)
         return U.width, U.height, U.fx, U.fy
-    if opts.resize_to is not None:
-        w, h = opts.resize_to
+    if settings.resize_to is not None:
+        w, h = settings.resize_to
         return w, h, K.fx * w / K.width, K.fy * h / K.height
     return K.width, K.height, K.fx, K.fy
 
 
-def processor_info(backend: Backend, records: list[Record], opts: SampleOptions) -> dict[str, Any] | None:
+def processor_info(backend: Backend, records: list[Record], task: Task, settings: Settings) -> dict[str, Any] | None:
     """The local model's pixel budget and what its processor's resize does to the bench images.
 
     None for backends whose processor is not visible here (HTTP servers, vLLM).
@@ -524,11 +299,11 @@ def processor_info(backend: Backend, records: list[Record], opts: SampleOptions)
         multiple = patch_multiple_of(processor)
     except (TypeError, ValueError):
         return None
-    n_views = 2 if opts.task in ("pose", "correspondence") else 1
+    n_views = task.n_images
     resized, fxs, fys, n = 0, [], [], 0
     for rec in records:
         for v in range(min(n_views, len(rec.views))):
-            w, h, fx, fy = seen_size(rec, opts, v)
+            w, h, fx, fy = seen_size(rec, settings, v)
             report = resize_report(w, h, processor)
             n += 1
             resized += report.resized
@@ -546,16 +321,17 @@ def processor_info(backend: Backend, records: list[Record], opts: SampleOptions)
 
 
 def versions() -> dict[str, str]:
-    """Versions of vlm3 and the libraries that decide the numbers."""
+    """Versions of vlm3 and the libraries that decide the numbers (read without importing them)."""
     import platform
+    from importlib.metadata import PackageNotFoundError, version
 
     import vlm3
 
     out = {"vlm3": vlm3.__version__, "python": platform.python_version(), "numpy": np.__version__}
     for name in ("torch", "transformers"):
         try:
-            out[name] = __import__(name).__version__
-        except ImportError:
+            out[name] = version(name)
+        except PackageNotFoundError:
             out[name] = "not installed"
     return out
 
@@ -599,17 +375,4 @@ def _progress(enabled: bool, total: int, description: str) -> _Bar | _NoBar:
     return _Bar(total, description) if enabled else _NoBar()
 
 
-__all__ = [
-    "EvalError",
-    "EvalResult",
-    "BenchError",
-    "model_meta",
-    "open_backend",
-    "processor_info",
-    "prompt_template_hash",
-    "read_predictions",
-    "record_work",
-    "run_eval",
-    "seen_size",
-    "versions",
-]
+__all__ = ["BenchError", "EvalError", "EvalResult", "processor_info", "prompt_template_hash", "read_predictions", "run_eval", "seen_size", "versions"]

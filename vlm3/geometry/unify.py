@@ -96,7 +96,7 @@ class UnifiedImage:
     transform: FocalTransform
 
 
-def unified_intrinsics(K: Intrinsics, target: float = 1000.0, size_multiple: int | None = None) -> Intrinsics:
+def unified_intrinsics(K: Intrinsics, target: float, size_multiple: int | None = None) -> Intrinsics:
     """Intrinsics of the unified image: fx = fy = target, cx, cy scaled, size rounded (see module doc)."""
     if not target > 0:
         raise ValueError(f"target focal must be > 0, got {target}")
@@ -113,7 +113,7 @@ def unified_intrinsics(K: Intrinsics, target: float = 1000.0, size_multiple: int
 def unify_focal(
     image: ImageLike,
     K: Intrinsics,
-    target: float = 1000.0,
+    target: float,
     *,
     dist: tuple[float, ...] | list[float] | None = None,
     size_multiple: int | None = None,
@@ -125,7 +125,7 @@ def unify_focal(
     Args:
         image: H x W (x C) array or PIL image whose size must equal (K.width, K.height).
         K: intrinsics of ``image`` (corner-origin convention).
-        target: the unified focal length in pixels (VLM3: 1000; released pose pipeline: 750).
+        target: the unified focal length in pixels (the paper's is ``vlm3.settings.DEFAULT_FOCAL_PX``).
         dist: optional OpenCV distortion coefficients (k1, k2, p1, p2[, k3, ...]) of ``image``;
             the unified image is then undistorted as well.
         size_multiple: round the output size to this multiple (padding/cropping right and bottom).

@@ -17,13 +17,15 @@ Decoding is greedy everywhere. Backends:
   (``vllm serve``, SGLang, ``vlm3 serve``).
 - :class:`vlm3.models.vllm_backend.VLLMBackend`: vLLM's offline engine with prefix caching.
 
-:func:`make_backend` picks one from a string.
+:func:`open_backend` picks one from a model spec (:func:`parse_spec`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
@@ -139,30 +141,73 @@ class Backend(ABC):
         self.close()
 
 
-def make_backend(spec: str, **kwargs: Any) -> Backend:
-    """A backend from a string.
+# --- model specs: which backend runs a model ---------------------------------------------------
 
-    - ``http://...`` / ``https://...``: an OpenAI-compatible server (the model name defaults to the
-      server's only model; pass ``model=...`` to choose).
-    - ``vllm:PATH``: vLLM's offline engine on PATH (a folder or hub id).
-    - anything else: a local folder or hub id run with transformers.
 
-    ``kwargs`` go to the backend's constructor.
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec: ``kind`` (a key of :data:`BACKENDS`) and ``target`` (URL, folder or hub id)."""
+
+    kind: str
+    target: str
+
+
+def parse_spec(spec: str) -> ModelSpec:
+    """The one parser of model specs.
+
+    - ``http://...`` / ``https://...``: an OpenAI-compatible server (kind ``http``);
+    - ``vllm:FOLDER``: vLLM's offline engine on a folder or hub id (kind ``vllm``);
+    - anything else: a local folder or hub id run with transformers (kind ``local``).
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"backend spec must be a non-empty string, got {spec!r}")
+        raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
     spec = spec.strip()
     if spec.startswith(("http://", "https://")):
-        from vlm3.models.openai_http import OpenAIBackend
-
-        return OpenAIBackend(spec, **kwargs)
+        return ModelSpec("http", spec)
     if spec.startswith("vllm:"):
-        path = spec[len("vllm:"):]
-        if not path:
-            raise ValueError("backend spec 'vllm:' needs a model after the colon, e.g. 'vllm:/ckpt/depth'")
-        from vlm3.models.vllm_backend import VLLMBackend
+        if not spec.removeprefix("vllm:"):
+            raise ValueError("model spec 'vllm:' needs a model after the colon, e.g. 'vllm:/ckpt/depth'")
+        return ModelSpec("vllm", spec.removeprefix("vllm:"))
+    return ModelSpec("local", spec)
 
-        return VLLMBackend(path, **kwargs)
+
+def spec_name(spec: str) -> str:
+    """The model spec as recorded: local folders as absolute paths, so ./m and m are one model."""
+    parsed = parse_spec(spec)
+    if parsed.kind != "local":
+        return spec.strip()
+    path = Path(parsed.target).expanduser()
+    return str(path.resolve()) if path.exists() else parsed.target
+
+
+def _open_http(target: str, batch_size: int | None, device: str, dtype: str | None, **options: Any) -> Backend:
+    from vlm3.models.openai_http import OpenAIBackend
+
+    return OpenAIBackend(target, **({"max_concurrency": batch_size} if batch_size else {}), **options)
+
+
+def _open_vllm(target: str, batch_size: int | None, device: str, dtype: str | None, **options: Any) -> Backend:
+    from vlm3.models.vllm_backend import VLLMBackend
+
+    return VLLMBackend(target, **options)
+
+
+def _open_local(target: str, batch_size: int | None, device: str, dtype: str | None, **options: Any) -> Backend:
     from vlm3.models.local import LocalBackend
 
-    return LocalBackend.from_pretrained(spec, **kwargs)
+    return LocalBackend.from_pretrained(target, device=device, dtype=dtype, **({"batch_size": batch_size} if batch_size else {}), **options)
+
+
+#: How each kind of model spec is opened: ``opener(target, batch_size, device, dtype, **options)``.
+BACKENDS: dict[str, Callable[..., Backend]] = {"http": _open_http, "vllm": _open_vllm, "local": _open_local}
+
+
+def open_backend(spec: str, batch_size: int | None = None, *, device: str = "cpu", dtype: str | None = None, **options: Any) -> Backend:
+    """The backend of a model spec (see :func:`parse_spec`).
+
+    ``batch_size`` is the local backend's batch, or the number of requests in flight for HTTP (vLLM
+    schedules its own); ``device`` and ``dtype`` apply to local models; ``options`` go to the
+    backend's constructor (e.g. ``model=``/``api_key=`` for HTTP).
+    """
+    parsed = parse_spec(spec)
+    return BACKENDS[parsed.kind](parsed.target, batch_size, device, dtype, **options)

@@ -74,20 +74,6 @@ def load_model_and_processor(
     return model, processor
 
 
-def family_of(config: Any) -> str:
-    """The model family of a config (or model): its ``model_type``, e.g. ``"qwen2_5_vl"``, ``"qwen3_vl"``.
-
-    Raises ValueError for a config without a vision tower.
-    """
-    config = getattr(config, "config", config)
-    model_type = getattr(config, "model_type", None)
-    if not model_type:
-        raise ValueError(f"{type(config).__name__} has no model_type")
-    if getattr(config, "vision_config", None) is None:
-        raise ValueError(f"model type {model_type!r} is not a vision-language model (no vision_config)")
-    return str(model_type)
-
-
 def patch_multiple(obj: Any) -> int:
     """Side multiple images are snapped to: vision patch size x spatial merge size, in pixels.
 

@@ -9,26 +9,16 @@ u' = (new_w / w) * u, v' = (new_h / h) * v, and the intrinsics the model actuall
 by those two factors. Width and height are rounded separately, so the two factors generally
 differ and fx != fy afterwards.
 
-Two ways to stay in control, both supported here:
-
-- choose the unified image size so that the processor does not resize at all
-  (:func:`check_no_resize`, :func:`is_unchanged`; ``unify_focal(..., size_multiple=patch_multiple)``
-  gives such sizes when they are inside the pixel budget), or
-- fold the resize into the labels with :func:`effective_intrinsics`.
-
-All functions accept the full processor (``AutoProcessor``) or its ``image_processor``.
+vlm3 chooses the unified image size so that the processor does not resize at all
+(``size_multiple`` = the patch multiple gives such sizes when they are inside the pixel budget);
+:func:`resize_report` says what the processor would do to a size, and training refuses samples it
+would resize. All functions accept the full processor (``AutoProcessor``) or its ``image_processor``.
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-
-from vlm3.geometry.camera import Intrinsics
-
-
-class ProcessorResizeError(ValueError):
-    """An image size that the VLM's image processor would resize (see :func:`check_no_resize`)."""
 
 
 @dataclass(frozen=True)
@@ -126,48 +116,25 @@ def set_pixel_budget(processor, min_pixels: int | None = None, max_pixels: int |
             setattr(ip, name, value)
 
 
-def processor_resize(width: int, height: int, processor) -> tuple[int, int]:
-    """(new_width, new_height) the image processor will resize a ``width x height`` image to.
-
-    Calls the processor module's own ``smart_resize`` with its patch multiple and pixel budget, so
-    the result is exactly what the processor does (``image_grid_thw[1:] * patch_size``).
-    """
-    report = _report(width, height, processor)
-    return report.new_width, report.new_height
-
-
 def resize_report(width: int, height: int, processor) -> ResizeReport:
-    """A :class:`ResizeReport` for a ``width x height`` image."""
-    return _report(width, height, processor)
-
-
-def is_unchanged(width: int, height: int, processor) -> bool:
-    """True if the processor keeps a ``width x height`` image at its size."""
-    return not _report(width, height, processor).resized
-
-
-def check_no_resize(width: int, height: int, processor, *, fx: float | None = None, fy: float | None = None) -> None:
-    """Raise :class:`ProcessorResizeError` if the processor would resize a ``width x height`` image.
-
-    The message states the new size, the focal change (in pixels when ``fx`` / ``fy`` are given)
-    and which sizes are kept as is, so that training and evaluation can choose unified sizes that
-    are patch multiples within the budget.
-    """
-    report = _report(width, height, processor)
-    if report.resized:
-        raise ProcessorResizeError(report.describe(fx, fy))
-
-
-def effective_intrinsics(K: Intrinsics, processor) -> Intrinsics:
-    """Intrinsics of the image the model actually sees after the processor's resize.
-
-    A pure scale in the corner-origin convention: fx, cx by new_w / w; fy, cy by new_h / h; the
-    image size becomes the processor's output size. Returns ``K`` unchanged when nothing is resized.
-    """
-    report = _report(K.width, K.height, processor)
-    if not report.resized:
-        return K
-    return K.scaled(report.scale_x, report.scale_y, width=report.new_width, height=report.new_height)
+    """What the processor does to a ``width x height`` image: exactly its own ``smart_resize``
+    with its patch multiple and pixel budget (``image_grid_thw[1:] * patch_size``)."""
+    if int(width) != width or int(height) != height or width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive integers, got {width}x{height}")
+    width, height = int(width), int(height)
+    ip = image_processor_of(processor)
+    multiple = patch_multiple_of(ip)
+    lo, hi = pixel_budget(ip)
+    if getattr(ip, "do_resize", True):
+        new_h, new_w = _smart_resize_for(ip)(height, width, factor=multiple, min_pixels=lo, max_pixels=hi)
+    else:
+        # Without resizing the patchifier needs exact multiples; report the size unchanged.
+        if width % multiple or height % multiple:
+            raise ValueError(
+                f"the image processor has do_resize=False, so {width}x{height} must be multiples of {multiple} px"
+            )
+        new_h, new_w = height, width
+    return ResizeReport(width, height, int(new_w), int(new_h), multiple, lo, hi)
 
 
 # --- internals ---------------------------------------------------------------------------------
@@ -188,23 +155,3 @@ def _smart_resize_for(ip):
     if fn is None:
         from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as fn
     return fn
-
-
-def _report(width: int, height: int, processor) -> ResizeReport:
-    if int(width) != width or int(height) != height or width <= 0 or height <= 0:
-        raise ValueError(f"image size must be positive integers, got {width}x{height}")
-    width, height = int(width), int(height)
-    ip = image_processor_of(processor)
-    multiple = patch_multiple_of(ip)
-    lo, hi = pixel_budget(ip)
-    if getattr(ip, "do_resize", True):
-        new_h, new_w = _smart_resize_for(ip)(height, width, factor=multiple, min_pixels=lo, max_pixels=hi)
-    else:
-        # Without resizing the patchifier needs exact multiples; report the size unchanged.
-        if width % multiple or height % multiple:
-            raise ValueError(
-                f"the image processor has do_resize=False, so {width}x{height} must be multiples of {multiple} px"
-            )
-        new_h, new_w = height, width
-    return ResizeReport(width, height, int(new_w), int(new_h), multiple, lo, hi)
-

@@ -46,11 +46,12 @@ seeds share one tokenizer; the weights depend only on ``seed``.
 from __future__ import annotations
 
 import json
-import random
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
+
+from vlm3.settings import DEFAULT_N_COORDS
 
 Family = Literal["qwen2_5_vl", "qwen3_vl"]
 Size = Literal["tiny", "small"]
@@ -164,91 +165,27 @@ CHAT_TEMPLATES: dict[str, str] = {
 
 # --- tokenizer corpus --------------------------------------------------------------------------
 
-_OBJECTS = ("chair", "table", "sofa", "bed", "lamp", "door", "window", "car", "person", "tree", "box", "sphere",
-            "shelf", "cabinet", "monitor", "plant", "bottle", "cup", "truck", "bicycle", "sign", "pole")
-_PREDICATES = (
-    ("below", "above"), ("to the left of", "to the right of"), ("bigger than", "smaller than"),
-    ("taller than", "shorter than"), ("wider than", "thinner than"), ("behind", "in front of"),
-)
-_MEASURES = ("direct distance", "horizontal distance", "vertical distance", "width", "height")
-_SURFACES = ("floor", "wall", "ceiling", "box", "sphere")
-_COLOURS = ("black", "white", "red", "green", "blue", "yellow", "cyan", "magenta", "gray", "orange", "brown")
+#: Every format vlm3 writes numbers in: coordinates, metres, signed degrees and unit vectors.
+_NUMBERS = f"(1234, 567) (0, 39, 652, 999) 12.05 meters -0.69 +0.72 +89.6° -12.3° 7 o'clock [0, 1000) [0, {DEFAULT_N_COORDS})"
 
 
-def prompt_corpus(n: int = 1500, seed: int = 0) -> list[str]:
-    """Sentences in vlm3's prompt vocabulary (depth, pose, correspondence, object, grounding).
+def prompt_corpus() -> list[str]:
+    """The chat scaffolding, numbers in every format and every question and answer template of the
+    registered tasks (``Task.prompts`` in each of the task's ``answer_styles``), twice.
 
     Used only to train the tiny models' BPE merges, so that vlm3's prompts and answers tokenize
-    compactly. Numbers appear in every format vlm3 writes (integers in [0, 2000), metres with two
-    decimals, signed degrees, signed unit vectors); digits are single tokens regardless.
+    compactly; prompts live only in the task modules. Digits are single pre-tokens, so the values
+    of numbers do not change the merges.
     """
-    rng = random.Random(seed)
+    from vlm3.settings import Settings
+    from vlm3.tasks import get_task, task_names
 
-    def px() -> str:
-        return f"({rng.randrange(2000)}, {rng.randrange(2000)})"
-
-    def box() -> str:
-        x0, y0 = rng.randrange(1000), rng.randrange(1000)
-        return f"({x0}, {y0}, {rng.randrange(x0, 1000)}, {rng.randrange(y0, 1000)})"
-
-    def metres() -> str:
-        return f"{rng.uniform(0.1, 80.0):.2f}"
-
-    def signed(lo: float, hi: float, fmt: str = "+.1f") -> str:
-        return format(rng.uniform(lo, hi), fmt)
-
-    lines = [
-        "Picture 1: Picture 2: Video 1:", "0 1 2 3 4 5 6 7 8 9 . , ; : ! ? ( ) [ ] { } < > = + - * / % ° ' \"",
-    ]
-    for _ in range(n):
-        d = metres()
-        lines += [
-            # Chat scaffolding between the special tokens.
-            "system\nYou are a helpful assistant.\nuser\nassistant\n",
-            # Depth (VLM3 / DepthLM).
-            f"How far is the pixel at {px()} from the camera? Both x and y are normalized to between [0, 2000).",
-            f"How far is the pixel at {px()} from the camera? Both x and y are normalized to between [0, 1000).",
-            f"<think> The point is around {d} meters away from the camera. </think>\n\n<answer> {d} </answer>",
-            f"The point is around {d} meters away from the camera.\n\nThe answer is {d}.",
-            f"What is the depth of the point at {px()}? Answer in meters.",
-            # Correspondence.
-            f"Given these two images, what pixel in the second image corresponds to pixel {px()} in the first "
-            "image? Report the answer as (x2, y2).",
-            f"Which pixel in the second image matches the pixel at {px()} in the first image? Answer with (x2, y2).",
-            f"Find the point in the second image that corresponds to {px()} in the first image.",
-            f"The corresponding pixel is {px()}.",
-            # Relative camera pose.
-            "Given these two images, how far did the camera move between the first and the second image?",
-            "In which direction did the camera move? Give the direction in the first camera's frame.",
-            "How did the camera rotate from the first image to the second image? Answer with yaw, pitch and roll.",
-            f"Translation distance: {metres()} meters",
-            f"The camera moves {rng.choice(['left', 'right'])}, {rng.choice(['up', 'down'])}, "
-            f"{rng.choice(['forward', 'backward'])}, unit vector ({signed(-1, 1, '+.2f')}, {signed(-1, 1, '+.2f')}, "
-            f"{signed(-1, 1, '+.2f')}).",
-            f"Yaw={signed(-180, 180)}°, Pitch={signed(-90, 90)}°, Roll={signed(-180, 180)}°",
-        ]
-        # Object-level questions (SpatialRGPT-Bench style, boxes as regions).
-        a, b = box(), box()
-        word = rng.choice(rng.choice(_PREDICATES))
-        obj = rng.choice(_OBJECTS)
-        measure = rng.choice(_MEASURES)
-        lines += [
-            f"Can you confirm if bounding box region {a} is {word} bounding box region {b}?",
-            f"Is the {obj} in bounding box region {a} {word} bounding box region {b}?",
-            f"Correct, bounding box region {a} is {word} bounding box region {b}.",
-            f"Incorrect, bounding box region {a} is not {word} bounding box region {b}.",
-            f"Yes, the {obj} is {word} the other object. No, it is not.",
-            f"What is the {measure} between bounding box region {a} and bounding box region {b}?",
-            f"How {rng.choice(['tall', 'wide', 'big', 'far', 'high'])} is the {obj} in bounding box region {a}?",
-            f"The {measure} is {metres()} meters. It is {metres()} meters {rng.choice(['tall', 'wide'])}.",
-            f"If you are at bounding box region {a}, where will you find bounding box region {b}?",
-            f"Bounding box region {b} is at {rng.randint(1, 12)} o'clock from bounding box region {a}.",
-            # Grounding (task-neutral pretraining questions).
-            f"What colour is the pixel at {px()}? Which object is at {px()}?",
-            f"The colour is {rng.choice(_COLOURS)}. The object is the {rng.choice(_SURFACES)}.",
-            f"RGB ({rng.randrange(4)}, {rng.randrange(4)}, {rng.randrange(4)})",
-        ]
-    return lines
+    lines = ["Picture 1: Picture 2: Video 1:", "system\nYou are a helpful assistant.\nuser\nassistant\n", _NUMBERS]
+    for name in task_names():
+        task = get_task(name)
+        for style in getattr(task, "answer_styles", ("short",)):
+            lines += task.prompts(Settings(answer_style=style))
+    return 2 * list(dict.fromkeys(lines))
 
 
 # --- builders ----------------------------------------------------------------------------------

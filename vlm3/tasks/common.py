@@ -235,7 +235,3 @@ def assistant_turn(text: str) -> dict:
     """An assistant message holding one text part."""
     return {"role": "assistant", "content": [{"type": "text", "text": text}]}
 
-
-def message_text(message: dict) -> str:
-    """The concatenated text parts of a chat message."""
-    return "".join(part.get("text", "") for part in message.get("content", []) if part.get("type") == "text")

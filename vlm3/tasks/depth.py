@@ -15,14 +15,21 @@ Several points of one image are packed into one sample (the paper packs 10):
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vlm3 import plotting
+from vlm3.geometry.camera import convert_depth
+from vlm3.settings import DEFAULT_N_COORDS
+from vlm3.tasks.base import Query, ScoreLine, Task, is_numeric, register, short
 from vlm3.tasks.common import as_float, assistant_turn, extract_answer, mean_or_nan, parse_length, share, user_turn
-from vlm3.textref import DEFAULT_N
+from vlm3.tasks.samples import choose
+from vlm3.textref import encode_pixels
 
 STYLES: tuple[str, ...] = ("short", "sentence", "depthlm")
 PACKINGS: tuple[str, ...] = ("multi_turn", "single_turn")
@@ -31,7 +38,7 @@ PACKINGS: tuple[str, ...] = ("multi_turn", "single_turn")
 _ITEM = re.compile(r"^[ \t]*(\d{1,4})[ \t]*(?:[.)][ \t]+|[.)]?[ \t]*:[ \t]*)", re.MULTILINE)
 
 
-def depth_question(nx: int, ny: int, n: int = DEFAULT_N) -> str:
+def depth_question(nx: int, ny: int, n: int = DEFAULT_N_COORDS) -> str:
     """The paper's prompt for the pixel at text coordinates (nx, ny) in [0, n)."""
     return f"How far is the pixel at ({int(nx)}, {int(ny)}) from the camera? Both x and y are normalized to between [0, {int(n)})."
 
@@ -63,7 +70,7 @@ def depth_answer(depth_m: float, style: str = "depthlm") -> str:
     return f"<think> {_sentence(value)} </think>\n\n<answer> {value:.2f} </answer>"
 
 
-def packed_question(points: Sequence[tuple[int, int]], n: int = DEFAULT_N) -> str:
+def packed_question(points: Sequence[tuple[int, int]], n: int = DEFAULT_N_COORDS) -> str:
     """Numbered single-turn question text for several text-coordinate points."""
     return "\n".join(f"{i}. {depth_question(nx, ny, n)}" for i, (nx, ny) in enumerate(points, start=1))
 
@@ -87,7 +94,7 @@ def depth_messages(
     *,
     style: str = "depthlm",
     packing: str = "multi_turn",
-    n: int = DEFAULT_N,
+    n: int = DEFAULT_N_COORDS,
 ) -> list[dict]:
     """Chat messages (HF format) for one image and one or more labelled points.
 
@@ -183,3 +190,140 @@ def depth_metrics(pred: Sequence[float | None], gt: Sequence[float] | np.ndarray
         "rmse": float(np.sqrt(mean_or_nan(diff**2))),
         "log10": mean_or_nan(np.abs(np.log10(pv) - np.log10(gv))),
     }
+
+
+# --- the task -----------------------------------------------------------------------------------
+
+DEPTH_BINS_M: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, math.inf)
+
+
+class DepthTask(Task):
+    """Metric depth of labelled pixels of one image (record field ``depth``)."""
+
+    name = "depth"
+    description = "metric depth of a pixel named by text coordinates, in metres"
+    label_prefix = "d"
+    headline = "delta1"
+    max_new_tokens = 32
+    answer_styles = STYLES
+    score_format = '{"pred": number | answer text | null, "gt": metres}'
+
+    def has_labels(self, record) -> bool:
+        return record.depth is not None and len(record.depth.pixels) > 0
+
+    def n_labels(self, record) -> int:
+        return len(record.depth.pixels) if record.depth else 0
+
+    def build(self, view, settings, rng, labels):
+        rec = view.record
+        K = rec.views[0].K
+        pixels = np.asarray(rec.depth.pixels, dtype=np.float64).reshape(-1, 2)
+        if rng is not None and len(pixels) == 0:
+            raise ValueError(f"record {rec.id}: no depth labels inside the transformed image")
+        depth = convert_depth(K, pixels, np.asarray(rec.depth.depth), rec.depth.depth_type, settings.depth_type)
+        kept = view.kept["depth"]
+        idx = choose(kept, settings.points_per_sample, rng, labels)
+        if not idx:
+            return [], []
+        coords = encode_pixels(pixels[idx], K.width, K.height, settings.n_coords)
+        points = [(int(c[0]), int(c[1])) for c in coords]
+        values = [float(depth[i]) for i in idx]
+        messages = depth_messages(points, values, style=settings.answer_style, packing=settings.packing, n=settings.n_coords)
+        original = view.source.depth.pixels
+        queries = [
+            Query(
+                depth_question(nx, ny, settings.n_coords),
+                depth_answer(d, settings.answer_style),
+                d,
+                int(kept[i]),
+                {"pixel": list(original[kept[i]]), "coords": [nx, ny]},
+            )
+            for (nx, ny), d, i in zip(points, values, idx)
+        ]
+        return messages, queries
+
+    def prompts(self, settings) -> list[str]:
+        return [depth_question(0, 0, settings.n_coords), depth_answer(1.0, settings.answer_style), packed_answer([1.0, 2.5], settings.answer_style)]
+
+    def read(self, raw, query, sample):
+        return parse_depth(raw)
+
+    def metrics(self, lines):
+        return depth_metrics([line["pred"] for line in lines], [line["gt"] for line in lines])
+
+    def score_line(self, line: ScoreLine, n_coords: int) -> dict[str, Any]:
+        pred = line.get("pred")
+        if isinstance(pred, str):
+            value = parse_depth(pred)
+        elif pred is None or (is_numeric(pred) and not isinstance(pred, list)):
+            value = as_float(pred)
+        else:
+            raise line.error(f'"pred" must be a number, a string or null, got {short(pred)}')
+        return {"pred": value, "gt": line.number("gt", positive=True), "parsed": value is not None}
+
+    def plots(self, folder: Path, lines):
+        gt, pred = _arrays(lines)
+        valid = np.isfinite(pred) & (pred > 0)
+        ok = np.zeros_like(valid)
+        ok[valid] = np.maximum(pred[valid] / gt[valid], gt[valid] / pred[valid]) < 1.25
+        edges = np.array(DEPTH_BINS_M)
+        which = np.digitize(gt, edges[1:-1])
+        names, shares, counts = [], [], []
+        for b in range(len(edges) - 1):
+            mask = which == b
+            if not mask.any():
+                continue
+            hi = "" if math.isinf(edges[b + 1]) else f"{edges[b + 1]:g}"
+            names.append(f"{edges[b]:g}-{hi}" if hi else f">{edges[b]:g}")
+            shares.append(ok[mask].mean())
+            counts.append(int(mask.sum()))
+        fig = plotting.figure()
+        ax = fig.add_subplot()
+        bars = ax.bar(names, shares, color="tab:blue")
+        for bar, n in zip(bars, counts):
+            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01, f"n={n}", ha="center", va="bottom", fontsize=8)
+        ax.set_ylim(0, 1.1)
+        ax.set_xlabel("ground-truth depth bin (m)")
+        ax.set_ylabel("delta1 (failures count wrong)")
+        ax.set_title(f"delta1 by depth: {ok.mean():.3f} overall, {int((~valid).sum())} failed of {len(gt)}")
+        out = [(plotting.save(fig, folder, "depth_delta1_by_bin.png"), "delta1 by ground-truth depth")]
+
+        fig = plotting.figure()
+        ax = fig.add_subplot()
+        if valid.any():
+            err = np.log(pred[valid] / gt[valid])
+            ax.hist(np.clip(err, -2, 2), bins=60, color="tab:blue")
+            for x in (-math.log(1.25), math.log(1.25)):
+                ax.axvline(x, color="k", ls="--", lw=1)
+            ax.set_title(f"log(pred / gt) over {int(valid.sum())} valid predictions (dashed: delta1 bounds; clipped to +-2)")
+        else:
+            plotting.no_data(ax, "no valid prediction")
+            ax.set_title("log(pred / gt)")
+        ax.set_xlabel("log(pred / gt)")
+        ax.set_ylabel("points")
+        out.append((plotting.save(fig, folder, "depth_log_ratio_hist.png"), "histogram of log(pred / gt)"))
+        return out
+
+    def example(self, record, images, lines):
+        gt, pred = _arrays(lines)
+        px = np.array([line["pixel"] for line in lines])
+        fig, ax = plotting.image_axes(images[0])
+        valid = np.isfinite(pred) & (pred > 0)
+        ratio = np.full_like(gt, np.inf)
+        ratio[valid] = np.maximum(pred[valid] / gt[valid], gt[valid] / pred[valid])
+        colours = np.where(ratio < 1.25, "lime", np.where(ratio < 1.25**2, "orange", "red"))
+        ax.scatter(px[valid, 0], px[valid, 1], c=colours[valid], s=18, edgecolors="k", linewidths=0.5)
+        ax.scatter(px[~valid, 0], px[~valid, 1], c="white", marker="x", s=18)
+        for i in np.flatnonzero(valid)[:6]:
+            ax.annotate(f"{pred[i]:.2f}/{gt[i]:.2f}", px[i], fontsize=7, color="yellow", xytext=(3, 3), textcoords="offset points")
+        ax.set_title(f"{record.id}: pred/gt m; green delta1, orange delta2, red worse, x failed", fontsize=8)
+        return fig
+
+
+def _arrays(lines: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    gt = np.array([line["gt"] for line in lines], dtype=np.float64)
+    pred = np.array([np.nan if line["pred"] is None else float(line["pred"]) for line in lines], dtype=np.float64)
+    return gt, pred
+
+
+DEPTH = register(DepthTask())

@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from vlm3 import plotting
 from vlm3.geometry.pose import is_rotation
+from vlm3.tasks.base import Query, ScoreLine, Task, register, short
 from vlm3.tasks.common import (
     as_float,
     assistant_turn,
@@ -39,7 +41,7 @@ from vlm3.tasks.common import (
     share,
     user_turn,
 )
-from vlm3.textref import format_box
+from vlm3.textref import encode_box, format_box
 
 DEFAULT_GRAVITY: tuple[float, float, float] = (0.0, 1.0, 0.0)
 KINDS: tuple[str, ...] = ("qualitative", "quantitative", "direction")
@@ -135,7 +137,7 @@ SINGLE_OBJECT_QUANTITIES: frozenset[str] = frozenset({"width", "height"})
 
 
 @dataclass(frozen=True, eq=False)
-class Object3D:
+class Region:
     """A labelled object: 2D text box, 3D box in the camera frame (metres), optional name."""
 
     box2d: tuple[int, int, int, int]
@@ -210,7 +212,7 @@ def _coords(point: np.ndarray, gravity: Sequence[float]) -> np.ndarray:
     return np.array([right @ point, up @ point, forward @ point])
 
 
-def predicate_holds(predicate: str, a: Object3D, b: Object3D, gravity: Sequence[float] = DEFAULT_GRAVITY) -> bool:
+def predicate_holds(predicate: str, a: Region, b: Region, gravity: Sequence[float] = DEFAULT_GRAVITY) -> bool:
     """Truth of "A <predicate> B" (see module doc for the definitions)."""
     if predicate not in PREDICATES:
         raise ValueError(f"predicate {predicate!r} must be one of {tuple(PREDICATES)}")
@@ -245,7 +247,7 @@ def clock_hour(vector: Sequence[float], gravity: Sequence[float] = DEFAULT_GRAVI
 
 
 def quantity_value(
-    quantity: str, a: Object3D, b: Object3D | None = None, gravity: Sequence[float] = DEFAULT_GRAVITY
+    quantity: str, a: Region, b: Region | None = None, gravity: Sequence[float] = DEFAULT_GRAVITY
 ) -> float | int:
     """Labelled value of a quantitative question: metres, or a clock hour for ``"direction"``."""
     if quantity not in QUANTITIES:
@@ -305,8 +307,8 @@ def format_length(metres: float, rng: np.random.Generator | None = None) -> str:
 
 def qualitative_qa(
     predicate: str,
-    a: Object3D,
-    b: Object3D,
+    a: Region,
+    b: Region,
     *,
     gravity: Sequence[float] = DEFAULT_GRAVITY,
     rng: np.random.Generator | None = None,
@@ -322,8 +324,8 @@ def qualitative_qa(
 
 def quantitative_qa(
     quantity: str,
-    a: Object3D,
-    b: Object3D | None = None,
+    a: Region,
+    b: Region | None = None,
     *,
     gravity: Sequence[float] = DEFAULT_GRAVITY,
     rng: np.random.Generator | None = None,
@@ -338,8 +340,8 @@ def quantitative_qa(
 
 
 def object_qas(
-    a: Object3D,
-    b: Object3D,
+    a: Region,
+    b: Region,
     *,
     gravity: Sequence[float] = DEFAULT_GRAVITY,
     rng: np.random.Generator | None = None,
@@ -519,3 +521,127 @@ def object_metrics(
         per_category[category] = entry
     out["categories"] = per_category
     return out
+
+
+# --- the task -----------------------------------------------------------------------------------
+
+
+def _typed_gt(kind: str, gt: Any) -> bool | float | int:
+    return bool(gt) if kind == "qualitative" else (int(gt) if kind == "direction" else float(gt))
+
+
+class ObjectTask(Task):
+    """Questions about pairs of 3D-boxed objects of one image (record field ``objects``).
+
+    An evaluation asks every predicate and quantity of every ordered pair of objects with a 2D
+    box, in a fixed order; label i is question i of that list.
+    """
+
+    name = "object"
+    description = "SpatialRGPT-style questions about objects named by 2D boxes: relations, distances, sizes"
+    label_prefix = "q"
+    headline = "qualitative_acc"
+    max_new_tokens = 64
+    score_format = '{"pred": answer text | bool | number | null, "gt": bool | metres | hour, "kind": qualitative | quantitative | direction, "category"?}'
+
+    def has_labels(self, record) -> bool:
+        return bool(record.objects)
+
+    def n_labels(self, record) -> int:
+        k = sum(1 for o in record.objects or [] if o.box2d is not None)
+        return k * (k - 1) * (len(PREDICATES) + len(QUANTITIES)) if k >= 2 else 0
+
+    def build(self, view, settings, rng, labels):
+        rec = view.record
+        K = rec.views[0].K
+        objs = [o for o in rec.objects if o.box2d is not None]
+        if len(objs) < 2:
+            if rng is None:
+                return [], []
+            raise ValueError(f"record {rec.id}: object questions need two objects with 2D boxes, found {len(objs)}")
+        gravity = rec.gravity_cam or DEFAULT_GRAVITY
+        regions = [Region(encode_box(o.box2d, K.width, K.height, settings.n_coords, clamp=True), np.asarray(o.center), np.asarray(o.size), np.asarray(o.R_cam_from_box), o.name) for o in objs]
+        pairs = [(i, j) for i in range(len(regions)) for j in range(len(regions)) if i != j]
+        order = np.arange(len(pairs)) if rng is None else rng.permutation(len(pairs))
+        qas = []
+        for k in order:
+            i, j = pairs[k]
+            qas += object_qas(regions[i], regions[j], gravity=gravity, rng=rng)
+        if rng is not None:
+            pick = rng.choice(len(qas), size=min(settings.points_per_sample, len(qas)), replace=False)
+            chosen = [int(p) for p in pick]
+        else:
+            chosen = list(range(len(qas))) if labels is None else [i for i in labels if 0 <= i < len(qas)]
+        picked = [qas[i] for i in chosen]
+        queries = [
+            Query(qa.question, qa.answer, _typed_gt(qa.kind, qa.value), i, {"kind": qa.kind, "category": qa.category}, qa.kind)
+            for i, qa in zip(chosen, picked)
+        ]
+        return object_messages(picked), queries
+
+    def prompts(self, settings) -> list[str]:
+        a, b = (f"bounding box region {format_box(box)}" for box in ((0, 39, 652, 999), (6, 380, 228, 562)))
+        out = [_sentence(t, a=a, b=b, rel=rel) for _, rel in PREDICATES.values() for t in (*QUALITATIVE_QUESTIONS, *TRUE_ANSWERS, *FALSE_ANSWERS)]
+        for quantity, (questions, answers) in QUANTITIES.items():
+            values = ("3",) if quantity == "direction" else ("1.25 meters", "4.10 feet", "50.0 centimeters", "19.7 inches")
+            out += [_sentence(t, a=a, b=b, x=x) for t in (*questions, *answers) for x in values]
+        return list(dict.fromkeys(out))
+
+    def read(self, raw, query, sample):
+        return parse_object_answer(raw, query.context)
+
+    def metrics(self, lines):
+        m = object_metrics([line["pred"] for line in lines], [line["gt"] for line in lines], [line["kind"] for line in lines], [line["category"] for line in lines])
+        return {**m, "failed": m["n"] - m["parsed"]}
+
+    def score_line(self, line: ScoreLine, n_coords: int) -> dict[str, Any]:
+        kind = line.get("kind")
+        if kind not in KINDS:
+            raise line.error(f'"kind" must be one of {", ".join(KINDS)}, got {short(kind)}')
+        gt = line.get("gt")
+        try:
+            check_gt(kind, gt)
+        except ValueError:
+            raise line.error(f'"gt" {short(gt)} is not valid for a {kind} question') from None
+        pred = line.get("pred")
+        if isinstance(pred, str):
+            pred = parse_object_answer(pred, kind)
+        elif pred is not None:
+            wanted_bool = kind == "qualitative"
+            if isinstance(pred, bool) != wanted_bool or not isinstance(pred, (bool, int, float)):
+                wanted = "true/false" if wanted_bool else "a number"
+                raise line.error(f'"pred" must be text, {wanted} or null for a {kind} question, got {short(pred)}')
+        category = line.data.get("category", kind)
+        if not isinstance(category, str):
+            raise line.error(f'"category" must be a string, got {short(category)}')
+        return {"pred": pred, "gt": _typed_gt(kind, gt), "parsed": pred is not None, "kind": kind, "category": category}
+
+    def plots(self, folder, lines):
+        cats = self.metrics(lines)["categories"]
+        fig = plotting.figure(7, 4)
+        ax = fig.add_subplot()
+        names = list(cats)
+        ax.bar(names, [cats[c]["score"] for c in names], color=["tab:blue" if cats[c]["kind"] == "qualitative" else "tab:orange" for c in names])
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("accuracy / success")
+        ax.tick_params(axis="x", labelrotation=60, labelsize=8)
+        ax.set_title("object questions by category (blue: qualitative, orange: quantitative)")
+        return [(plotting.save(fig, folder, "object_by_category.png"), "object score by category")]
+
+    def example(self, record, images, lines):
+        from matplotlib.patches import Rectangle
+
+        fig, ax = plotting.image_axes(images[0], extra_height=1.5)
+        for obj in record.objects or []:
+            if obj.box2d is None:
+                continue
+            x0, y0, x1, y1 = obj.box2d
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="cyan", lw=1))
+            ax.text(x0, y0, obj.name, color="yellow", fontsize=7, va="bottom")
+        parsed = sum(line["pred"] is not None for line in lines)
+        first = lines[0]
+        ax.set_title(f"{record.id}: {parsed} of {len(lines)} answers parsed\n{first['question'][:90]}\n-> {first.get('raw', '')[:60]!r} (gt {first['gt']})", fontsize=7)
+        return fig
+
+
+OBJECT = register(ObjectTask())

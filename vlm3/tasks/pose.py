@@ -28,8 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from vlm3 import plotting
 from vlm3.geometry.pose import (
     camera2_center_in_cam1,
+    relative_pose,
     rotation_angle_deg,
     rotation_to_ypr,
     t_from_center,
@@ -46,6 +48,7 @@ from vlm3.tasks.common import (
     share,
     user_turn,
 )
+from vlm3.tasks.base import Query, ScoreLine, Task, is_numeric, register, short
 
 DISTANCE_QUESTION = "How far did the camera move between the first and the second image? Answer in meters."
 DIRECTION_QUESTION = (
@@ -305,3 +308,108 @@ def pose_metrics(
         out["dist_abs_rel"] = mean_or_nan(rel)
         out["dist_parsed"] = len(rel)
     return out
+
+
+# --- the task -----------------------------------------------------------------------------------
+
+
+def _prediction(value: dict[str, Any] | None) -> PosePrediction | None:
+    return None if value is None else PosePrediction(np.asarray(value["R"]), np.asarray(value["t"]), value.get("distance"))
+
+
+class PoseTask(Task):
+    """Relative pose of an image pair whose views both have poses.
+
+    ``gt`` and ``pred`` are ``{"R": 3x3, "t": [3]}`` of T_cam2_from_cam1 (``pred`` also has
+    ``distance``, metres or None; ``t`` has unit length without a distance).
+    """
+
+    name = "pose"
+    description = "relative camera pose of an image pair: distance, direction, yaw/pitch/roll"
+    n_images = 2
+    label_prefix = "pair"
+    headline = "auc30"
+    max_new_tokens = 96
+    score_format = '{"pred": answer text | {"R": 3x3, "t": [3], "distance"?} | null, "R_gt": 3x3, "t_gt": [3]} (T_cam2_from_cam1, OpenCV axes)'
+
+    def has_labels(self, record) -> bool:
+        return len(record.views) == 2 and all(v.T_cam_from_world is not None for v in record.views)
+
+    def build(self, view, settings, rng, labels):
+        rec = view.record
+        T = relative_pose(rec.views[0].pose, rec.views[1].pose)
+        gt = {"R": T[:3, :3].tolist(), "t": T[:3, 3].tolist()}
+        query = Query(pose_prompt(rec.metric_scale), pose_answer(T, rec.metric_scale), gt, None, {"metric": rec.metric_scale})
+        return pose_messages(T, rec.metric_scale), [query]
+
+    def prompts(self, settings) -> list[str]:
+        moved = np.eye(4)
+        moved[:3, :3] = ypr_to_rotation(30.0, -5.0, 2.0).T
+        moved[:3, 3] = -moved[:3, :3] @ np.array([-0.69, 0.02, 0.72])
+        return [pose_prompt(True), pose_prompt(False), pose_answer(np.eye(4), True), pose_answer(moved, True)]
+
+    def read(self, raw, query, sample):
+        p = parse_pose(raw)
+        return None if p is None else {"R": np.asarray(p.R).tolist(), "t": np.asarray(p.t).tolist(), "distance": p.distance}
+
+    def metrics(self, lines):
+        preds = [_prediction(line["pred"]) for line in lines]
+        m = pose_metrics(preds, [line["gt"]["R"] for line in lines], [line["gt"]["t"] for line in lines])
+        return {**m, "failed": m["n"] - m["parsed"]}
+
+    def score_line(self, line: ScoreLine, n_coords: int) -> dict[str, Any]:
+        pred = line.get("pred")
+        if isinstance(pred, str):
+            value = self.read(pred, None, None)
+        elif pred is None:
+            value = None
+        elif isinstance(pred, dict):
+            for key in ("R", "t"):
+                if key not in pred:
+                    raise line.error(f'"pred" object is missing key "{key}"')
+            distance = pred.get("distance")
+            if distance is not None and (as_float(distance) is None or not is_numeric(distance)):
+                raise line.error(f'"pred.distance" must be a finite number, got {short(distance)}')
+            value = {
+                "R": line.array("pred.R", (3, 3), pred["R"]).tolist(),
+                "t": line.array("pred.t", (3,), pred["t"]).tolist(),
+                "distance": None if distance is None else as_float(distance),
+            }
+        else:
+            raise line.error(f'"pred" must be answer text, an object {{"R", "t"}} or null, got {short(pred)}')
+        gt = {"R": line.array("R_gt", (3, 3)).tolist(), "t": line.array("t_gt", (3,)).tolist()}
+        return {"pred": value, "gt": gt, "parsed": value is not None}
+
+    def plots(self, folder, lines):
+        errors = np.array([pair_errors(_prediction(line["pred"]), np.asarray(line["gt"]["R"]), np.asarray(line["gt"]["t"]))[:2] for line in lines]).reshape(-1, 2)
+        rot, trans = errors[:, 0], errors[:, 1]
+        fig = plotting.figure()
+        ax = fig.add_subplot()
+        x = np.linspace(0, 180, 721)
+        for values, label in ((rot, "rotation"), (trans, "translation direction (sign-free)"), (np.maximum(rot, trans), "max (AUC)")):
+            ax.plot(x, [(values <= t).mean() for t in x], label=label)
+        ax.axvline(30, color="k", ls="--", lw=1)
+        ax.set_xlabel("error (degrees; failures at 180)")
+        ax.set_ylabel("share of pairs")
+        ax.set_ylim(0, 1.02)
+        ax.legend(loc="lower right")
+        ax.set_title(f"pose error CDF over {len(lines)} pairs")
+        return [(plotting.save(fig, folder, "pose_error_cdf.png"), "pose error CDF")]
+
+    def example(self, record, images, lines):
+        fig, ax = plotting.image_axes(plotting.side_by_side(images), width=8, extra_height=0.9)
+        line = lines[0]
+        R, t = np.asarray(line["gt"]["R"]), np.asarray(line["gt"]["t"])
+        g = rotation_to_ypr(R.T)
+        text = f"gt yaw/pitch/roll {g[0]:+.1f}/{g[1]:+.1f}/{g[2]:+.1f} deg, distance {np.linalg.norm(R.T @ t):.2f} m"
+        if line["pred"] is not None:
+            p = rotation_to_ypr(np.asarray(line["pred"]["R"]).T)
+            d = line["pred"].get("distance")
+            text += f"; pred {p[0]:+.1f}/{p[1]:+.1f}/{p[2]:+.1f} deg" + (f", {d:.2f} m" if d is not None else "")
+        else:
+            text += "; pred unparsed"
+        ax.set_title(f"{record.id}\n{text}", fontsize=8)
+        return fig
+
+
+POSE = register(PoseTask())

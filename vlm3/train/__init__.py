@@ -17,7 +17,7 @@ from typing import Any
 
 from vlm3.train.config import Config, ConfigError, DataConfig, DatasetEntry, ModelConfig, TrainConfig, load_config, parse_config
 
-_FROM_SFT = ("TrainResult", "last_checkpoint", "read_meta", "train")
+_FROM_SFT = ("TrainResult", "last_checkpoint", "train")
 
 __all__ = [
     "Config",

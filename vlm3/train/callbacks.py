@@ -89,9 +89,9 @@ def rank0_decides(flag: bool, device: Any = "cpu") -> bool:
 class TimeLimit(TrainerCallback):
     """Stops (and saves) after ``max_minutes`` of training; writes vlm3 metadata into checkpoints."""
 
-    def __init__(self, max_minutes: float | None, settings: dict[str, Any], config: dict[str, Any]) -> None:
+    def __init__(self, max_minutes: float | None, config: Any, settings: Any) -> None:
         self.max_seconds = None if max_minutes is None else 60.0 * max_minutes
-        self.settings, self.config = settings, config
+        self.config, self.settings = config, settings  # a vlm3.train.Config and the Settings trained with
         self._start: float | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -107,10 +107,8 @@ class TimeLimit(TrainerCallback):
             control.should_save = True
 
     def on_save(self, args, state, control, **kwargs):
-        from vlm3.train.sft import write_meta
-
         if state.is_world_process_zero:
-            write_meta(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.settings, self.config)
+            self.config.save(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.settings)
 
 
 class RowLog(TrainerCallback):

@@ -30,7 +30,9 @@ import numpy as np
 from vlm3.data.io import image_root, read_manifest, read_records
 from vlm3.data.mixture import MixtureSampler, mixture_probs
 from vlm3.data.records import Record
-from vlm3.tasks.samples import SampleOptions, build_sample, load_images
+from vlm3.settings import Settings
+from vlm3.tasks import get_task
+from vlm3.tasks.samples import build_sample, load_images
 
 LOG_ROWS_ENV = "VLM3_LOG_ROWS"  # opt-in row audit (see module doc)
 
@@ -48,11 +50,8 @@ class LoadedDataset:
 
 def usable_for(record: Record, task: str) -> bool:
     """Cheap check that a record can produce a sample of ``task`` (no image decoding)."""
-    if task not in record.tasks():
-        return False
-    if task == "object":
-        return sum(o.box2d is not None for o in record.objects or []) >= 2
-    return True
+    t = get_task(task)
+    return t.has_labels(record) and t.n_labels(record) != 0
 
 
 def load_datasets(entries: list[Any], task: str) -> list[LoadedDataset]:
@@ -96,9 +95,9 @@ def make_plan(datasets: list[LoadedDataset], probs: dict[str, float], n_rows: in
 class SampleBuilder:
     """Turns plan rows into TRL examples (``images`` + ``messages`` or ``prompt``/``completion``)."""
 
-    def __init__(self, datasets: list[LoadedDataset], opts: SampleOptions, seed: int, cache_size: int = 256) -> None:
+    def __init__(self, datasets: list[LoadedDataset], task: str, settings: Settings, seed: int, cache_size: int = 256) -> None:
         self.datasets = datasets
-        self.opts = opts
+        self.task, self.settings = get_task(task).name, settings
         self.seed = seed
         self._cache: OrderedDict[tuple[int, int], list[np.ndarray]] = OrderedDict()
         self._cache_size = cache_size
@@ -126,10 +125,10 @@ class SampleBuilder:
         for k in range(min(n, 8)):
             j = (i + k) % n
             try:
-                return build_sample(self.datasets[d].records[j], self._images(d, j), self.opts, rng).to_trl()
+                return build_sample(self.datasets[d].records[j], self._images(d, j), self.task, self.settings, rng).to_trl()
             except ValueError:
                 self.failures += 1
-        raise ValueError(f"dataset {self.datasets[d].name}: records {i}..{i + 7} give no {self.opts.task} samples")
+        raise ValueError(f"dataset {self.datasets[d].name}: records {i}..{i + 7} give no {self.task} samples")
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         """``datasets`` transform: a batch of plan rows -> a batch of examples."""
@@ -150,27 +149,10 @@ def log_rows(folder: str | Path, draws: list[int]) -> None:
         f.write("".join(f"{rank} {int(g)}\n" for g in draws))
 
 
-def read_row_log(folder: str | Path) -> dict[int, list[int]]:
-    """Draws logged per rank by ``VLM3_LOG_ROWS``, in the order they were built."""
-    out: dict[int, list[int]] = {}
-    for path in sorted(Path(folder).glob("rows.rank*.txt")):
-        for line in path.read_text().splitlines():
-            rank, draw = line.split()
-            out.setdefault(int(rank), []).append(int(draw))
-    return out
-
-
-def training_dataset(
-    datasets: list[LoadedDataset],
-    probs: dict[str, float],
-    opts: SampleOptions,
-    n_rows: int,
-    seed: int,
-    builder: SampleBuilder | None = None,
-):
-    """A ``datasets.Dataset`` of ``n_rows`` plan rows whose rows read as TRL examples (built by ``builder``)."""
+def training_dataset(builder: SampleBuilder, probs: dict[str, float], n_rows: int):
+    """A ``datasets.Dataset`` of ``n_rows`` plan rows (mixture ``probs``) whose rows read as TRL examples built by ``builder``."""
     import datasets as hf
 
-    plan = hf.Dataset.from_dict(make_plan(datasets, probs, n_rows, seed))
-    plan.set_transform(builder or SampleBuilder(datasets, opts, seed))
+    plan = hf.Dataset.from_dict(make_plan(builder.datasets, probs, n_rows, builder.seed))
+    plan.set_transform(builder)
     return plan

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 
 from vlm3.train.callbacks import LossLogger, PeriodicEval, RowLog, TimeLimit
@@ -26,8 +25,6 @@ from vlm3.train.config import Config, ConfigError
 from vlm3.train.dataset import LoadedDataset, SampleBuilder, dataset_probs, load_datasets, training_dataset
 
 console = Console(stderr=True)
-
-VLM3_META = "vlm3.json"  # sample settings saved with every checkpoint (focal, coordinates, answers)
 
 
 @dataclass
@@ -41,22 +38,6 @@ class TrainResult:
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def sample_settings(cfg: Config, size_multiple: int) -> dict[str, Any]:
-    """What an evaluator needs to ask a trained model questions the way it was trained."""
-    d = cfg.data
-    return {
-        "task": d.task,
-        "unify": d.unify,
-        "focal": d.focal,
-        "size_multiple": d.size_multiple if d.size_multiple is not None else size_multiple,
-        "resize_to": d.resize_to,
-        "n_coords": d.n_coords,
-        "packing": d.packing,
-        "answer_style": d.answer_style,
-        "depth_type": d.depth_type,
-    }
 
 
 def freeze_vision_tower(model) -> int:
@@ -173,7 +154,6 @@ def train(
 
     from vlm3.data.mixture import mixture_table
     from vlm3.models.hf import load_model_and_processor, patch_multiple
-    from vlm3.tasks.samples import SampleOptions
 
     t, m = cfg.train, cfg.model
     torch.manual_seed(t.seed)
@@ -196,14 +176,13 @@ def train(
         )
     except (OSError, ValueError) as e:
         raise ConfigError(f"model.name_or_path: {e}") from e
-    multiple = patch_multiple(model)
-    opts = SampleOptions.from_data_config(cfg.data, size_multiple=multiple)
+    settings = cfg.data.settings(size_multiple=patch_multiple(model))
     n_rows = t.max_steps * t.per_device_batch_size * t.gradient_accumulation_steps * world_size()
     if is_main and not quiet:
         mixture_table({d.name: len(d.records) for d in datasets}, probs, draws=n_rows, title="training mixture", console=console)
 
-    builder = SampleBuilder(datasets, opts, cfg.data.seed)
-    train_ds = training_dataset(datasets, probs, opts, n_rows, cfg.data.seed, builder=builder)
+    builder = SampleBuilder(datasets, cfg.data.task, settings, cfg.data.seed)
+    train_ds = training_dataset(builder, probs, n_rows)
     examples = [train_ds[i] for i in range(min(4, n_rows))]
     try:
         budget = check_token_budget(processor, examples, t.max_length, cfg.data.focal)
@@ -256,8 +235,7 @@ def train(
         disable_tqdm=quiet,
         log_level="warning",
     )
-    settings = sample_settings(cfg, multiple)
-    callbacks = [LossLogger(out, is_main), TimeLimit(t.max_minutes, settings, cfg.to_dict()), RowLog(builder)]
+    callbacks = [LossLogger(out, is_main), TimeLimit(t.max_minutes, cfg, settings), RowLog(builder)]
     periodic = eval_fn is not None and (t.eval_every_minutes or t.eval_every_steps)
     if periodic:
         callbacks.append(PeriodicEval(eval_fn, processor, t.eval_every_minutes, t.eval_every_steps))
@@ -282,22 +260,9 @@ def train(
     trainer.save_model(str(final))
     if is_main:
         processor.save_pretrained(str(final))
-        write_meta(final, settings, cfg.to_dict())
+        cfg.save(final, settings)
     if periodic:
         callbacks[-1].final(trainer.model, trainer.state.global_step)
     trainer.accelerator.wait_for_everyone()  # final/ is complete when any rank returns
     return TrainResult(out, final, trainer.state.global_step, seconds, last)
 
-
-def write_meta(folder: str | Path, settings: dict[str, Any], config: dict[str, Any]) -> None:
-    """Save the sample settings (``vlm3.json``) and the full config (``vlm3_config.yaml``) in ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / VLM3_META).write_text(json.dumps(settings, indent=2) + "\n")
-    (folder / "vlm3_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-
-
-def read_meta(folder: str | Path) -> dict[str, Any] | None:
-    """The sample settings saved with a checkpoint, or None for a model not trained by vlm3."""
-    path = Path(folder) / VLM3_META
-    return json.loads(path.read_text()) if path.is_file() else None

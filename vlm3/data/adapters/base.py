@@ -9,6 +9,7 @@ dropped silently.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,13 +18,32 @@ from typing import ClassVar
 from vlm3.data.records import Record
 
 
+REASONS: dict[str, str] = {
+    "missing_file": "a file the input names or needs does not exist (image, depth, pose, calibration, ...)",
+    "unreadable_file": "a file cannot be read or decoded, or has the wrong format (e.g. depth not uint16)",
+    "size_mismatch": "an image or depth map has another size than its calibration or its partner",
+    "bad_calibration": "intrinsics or distortion are invalid, unsupported or missing for this camera",
+    "bad_pose": "a camera pose (or homography) is not a finite rigid transform, or is missing for this frame",
+    "bad_depth": "a depth value is NaN, infinite, zero or negative",
+    "no_valid_depth": "no pixel with a valid depth (inside the image)",
+    "pixel_outside_image": "a labelled pixel is not finite or lies outside its image",
+    "no_labels": "nothing to learn from: no depth points, pose pair, matches or objects",
+    "invalid_record": "the input does not give a valid record (bad JSON, missing or mistyped fields, unequal label lists)",
+}
+"""The fixed rejection reasons, so reports compare across datasets; the detail says the rest."""
+
+
 @dataclass(frozen=True)
 class Rejection:
-    """An input that did not become a record, with a short machine-readable reason and details."""
+    """An input that did not become a record: a reason of :data:`REASONS`, and details."""
 
     source: str  # e.g. "ibims1_val.jsonl:17" or an image path
-    reason: str  # short category, e.g. "missing_image", "nonfinite_depth", "pixel_outside_image"
+    reason: str
     detail: str = ""
+
+    def __post_init__(self) -> None:
+        if self.reason not in REASONS:  # a programming error in an adapter, not bad data
+            raise ValueError(f"unknown rejection reason {self.reason!r}; use one of {', '.join(REASONS)}")
 
 
 @dataclass
@@ -44,7 +64,7 @@ class Adapter:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     layout: ClassVar[str] = ""  # the expected folder tree, shown by `vlm3 prepare --help-adapter`
-    tasks: ClassVar[tuple[str, ...]] = ()
+    labels: ClassVar[tuple[str, ...]] = ()  # record label fields filled: depth, poses, matches, objects
 
     def __init__(self, root: str | Path, options: AdapterOptions | None = None) -> None:
         self.root = Path(root)
@@ -73,6 +93,49 @@ class Adapter:
         return {}
 
 
+def option_flag(options: AdapterOptions, key: str, default: bool) -> bool:
+    """Boolean adapter option ``options.extra[key]`` (true/false, yes/no, 1/0), with a clear error."""
+    raw = options.extra.get(key)
+    if raw is None:
+        return default
+    value = str(raw).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"option extra[{key!r}]={raw!r} is not a boolean (use true/false)")
+
+
+def option_int(options: AdapterOptions, key: str, default: int | None, *, minimum: int = 0) -> int | None:
+    """Integer adapter option ``options.extra[key]`` ("none" = None), with a clear error."""
+    raw = options.extra.get(key)
+    if raw is None:
+        return default
+    if str(raw).strip().lower() == "none":
+        return None
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise ValueError(f"option extra[{key!r}]={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ValueError(f"option extra[{key!r}]={value} must be >= {minimum}")
+    return value
+
+
+def option_float(options: AdapterOptions, key: str, default: float, *, positive: bool = True) -> float:
+    """Float adapter option ``options.extra[key]``, with a clear error."""
+    raw = options.extra.get(key)
+    if raw is None:
+        return default
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        raise ValueError(f"option extra[{key!r}]={raw!r} is not a number") from None
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise ValueError(f"option extra[{key!r}]={value} must be a finite positive number")
+    return value
+
+
 ADAPTERS: dict[str, type[Adapter]] = {}
 
 
@@ -86,8 +149,13 @@ def register(cls: type[Adapter]) -> type[Adapter]:
 
 def get_adapter(name: str) -> type[Adapter]:
     """Look up an adapter by name (importing the built-in adapters first)."""
-    import vlm3.data.adapters  # noqa: F401  (registers built-ins)
+    import importlib
+    import pkgutil
 
+    import vlm3.data.adapters as package
+
+    for mod in pkgutil.iter_modules(package.__path__):  # registers the built-ins
+        importlib.import_module(f"{package.__name__}.{mod.name}")
     if name not in ADAPTERS:
         raise KeyError(f"unknown adapter {name!r}; available: {', '.join(sorted(ADAPTERS))}")
     return ADAPTERS[name]

@@ -25,27 +25,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from vlm3.data.adapters.base import Adapter, Rejection, register
-from vlm3.data.adapters.eth3d import cam_from_world, load_reconstruction
-from vlm3.data.adapters.scannet import image_size
-from vlm3.data.pairs import (
-    FrameData,
-    FrameError,
-    FrameSource,
-    SceneConfig,
-    opencv_projector,
-    opencv_rays,
-    option_flag,
-    option_float,
-    pinhole_frame,
-    pinhole_projector,
-    ray_frame,
-    scene_records,
-    sfm_frame,
-)
+from vlm3.data.adapters.base import Adapter, Rejection, option_flag, option_float, register
+from vlm3.data.adapters.kit import cam_from_world, image_size, load_reconstruction, read_depth_png
+from vlm3.data.covis import opencv_projector, opencv_rays, pinhole_projector
+from vlm3.data.scenes import FrameData, FrameError, FrameSource, SceneConfig, pinhole_frame, ray_frame, scene_records, sfm_frame
 from vlm3.data.records import Record, View
 from vlm3.geometry.camera import Intrinsics
 
@@ -86,24 +71,21 @@ def read_depth_file(depth_dir: Path, image_name: str, shape: tuple[int, int], pn
     candidates = [depth_dir / f"{stem}.h5", depth_dir / f"{Path(image_name).name}.h5", depth_dir / f"{stem}.png"]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
-        raise FrameError("missing_depth", f"none of {', '.join(str(c) for c in candidates)} exists")
+        raise FrameError("missing_file", f"none of {', '.join(str(c) for c in candidates)} exists")
     if path.suffix == ".h5":
         import h5py
 
         try:
             with h5py.File(path, "r") as f:
                 if "depth" not in f:
-                    raise FrameError("bad_depth_format", f"{path}: no dataset 'depth' (has {sorted(f.keys())})")
+                    raise FrameError("unreadable_file", f"{path}: no dataset 'depth' (has {sorted(f.keys())})")
                 depth = np.asarray(f["depth"], dtype=np.float32)
         except OSError as e:
-            raise FrameError("unreadable_depth", f"{path}: {e}") from None
+            raise FrameError("unreadable_file", f"{path}: {e}") from None
     else:
-        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if raw is None or raw.dtype != np.uint16 or raw.ndim != 2:
-            raise FrameError("bad_depth_format", f"{path}: expected a single-channel uint16 PNG")
-        depth = raw.astype(np.float32) * np.float32(png_scale)
+        depth = read_depth_png(path).astype(np.float32) * np.float32(png_scale)
     if depth.shape != shape:
-        raise FrameError("depth_size_mismatch", f"{path}: {depth.shape[1]}x{depth.shape[0]}, image is {shape[1]}x{shape[0]}")
+        raise FrameError("size_mismatch", f"{path}: {depth.shape[1]}x{depth.shape[0]}, image is {shape[1]}x{shape[0]}")
     if not (np.isfinite(depth) & (depth > 0)).any():
         raise FrameError("no_valid_depth", f"{path}: no finite positive depth")
     return depth
@@ -127,7 +109,7 @@ def _sfm_loader(rec, image, K: Intrinsics, dist: list[float] | None, T: np.ndarr
     def load(rng: np.random.Generator, n: int) -> FrameData:
         ids = np.array(sorted({p.point3D_id for p in image.points2D if p.has_point3D()}), dtype=np.int64)
         if ids.size == 0:
-            raise FrameError("no_sfm_points", f"image {image.name} observes no 3D point")
+            raise FrameError("no_labels", f"image {image.name} observes no 3D point")
         xyz = np.array([rec.points3D[int(i)].xyz for i in ids], dtype=np.float64)
         to_image = pinhole_projector(K) if dist is None else opencv_projector(K, dist)
         data = sfm_frame(xyz, ids, T, to_image, K)
@@ -155,7 +137,7 @@ options.extra: sparse_dir (sparse), images_dir (images), depth_dir (depths), met
                depth_png_scale (0.001), min_gap, max_gap (none), match_points, depth_tolerance (0.05),
                candidates, max_tries, depth_records, pair_records, random_order
 """
-    tasks = ("pose", "correspondence")
+    labels = ("poses", "matches")
 
     def _dirs(self) -> tuple[str, str, str]:
         x = self.options.extra
@@ -180,7 +162,7 @@ options.extra: sparse_dir (sparse), images_dir (images), depth_dir (depths), met
         png_scale = option_float(self.options, "depth_png_scale", 0.001)
         models = find_models(scene_dir / sparse)
         if not models:
-            yield Rejection(str(scene_dir / sparse), "unreadable_model", "no COLMAP model (cameras.bin/.txt) found")
+            yield Rejection(str(scene_dir / sparse), "unreadable_file", "no COLMAP model (cameras.bin/.txt) found")
             return
         depth_dir = scene_dir / depth_name
         use_depth = depth_dir.is_dir()
@@ -194,21 +176,21 @@ options.extra: sparse_dir (sparse), images_dir (images), depth_dir (depths), met
         try:
             rec = load_reconstruction(model)
         except (FileNotFoundError, ValueError) as e:
-            yield Rejection(str(model), "unreadable_model", str(e))
+            yield Rejection(str(model), "unreadable_file", str(e))
             return
         frames: list[FrameSource] = []
         for image in sorted(rec.images.values(), key=lambda im: im.name):
             img_path = scene_dir / images_dir / image.name
             try:
                 if not image.has_pose:
-                    raise FrameError("missing_pose", f"image {image.name} is not registered")
+                    raise FrameError("missing_file", f"image {image.name} is not registered")
                 try:
                     K, dist = camera_from_colmap(rec.cameras[image.camera_id])
                 except ValueError as e:
-                    raise FrameError("unsupported_camera", f"{model}: {e}") from None
+                    raise FrameError("bad_calibration", f"{model}: {e}") from None
                 size = image_size(img_path)
                 if size != (K.width, K.height):
-                    raise FrameError("image_size_mismatch", f"{img_path}: {size[0]}x{size[1]}, camera {image.camera_id} is {K.width}x{K.height}")
+                    raise FrameError("size_mismatch", f"{img_path}: {size[0]}x{size[1]}, camera {image.camera_id} is {K.width}x{K.height}")
                 T = cam_from_world(image)
             except FrameError as e:
                 yield Rejection(str(img_path), e.reason, e.detail)
@@ -221,7 +203,7 @@ options.extra: sparse_dir (sparse), images_dir (images), depth_dir (depths), met
             view = View(image=rel, intrinsics=K.to_list(), dist=dist, T_cam_from_world=T.tolist())
             frames.append(FrameSource(Path(image.name).stem, view, load, source))
         if not frames:
-            yield Rejection(str(model), "empty_scene", "no usable images")
+            yield Rejection(str(model), "missing_file", "no usable images")
             return
         cfg = SceneConfig.from_options(self.name, label, self.options, metric_scale=metric, max_gap=None, depth_records=metric and depth_dir is not None)
         yield from scene_records(frames, cfg)
@@ -243,4 +225,4 @@ ROOT/                                        output of `python -m dslr.undistort
     depths/DSC00001.png                      optional: uint16 depth in mm for the undistorted camera, 0 = invalid
 options.extra: as for megadepth (sparse_dir defaults to colmap, metric_scale to true)
 """
-    tasks = ("depth", "pose", "correspondence")
+    labels = ("depth", "poses", "matches")

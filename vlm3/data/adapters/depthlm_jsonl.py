@@ -92,7 +92,7 @@ class DepthLMJsonlAdapter(Adapter):
         "options: depth_type=z|range (default z), principal_point=center|corner (default center),\n"
         "         chunk_size=N (lines per unit, default 256), glob=PATTERN, dataset=NAME"
     )
-    tasks: ClassVar[tuple[str, ...]] = ("depth",)
+    labels: ClassVar[tuple[str, ...]] = ("depth",)
 
     def __init__(self, root: str | Path, options: AdapterOptions | None = None) -> None:
         super().__init__(root, options)
@@ -177,34 +177,34 @@ class DepthLMJsonlAdapter(Adapter):
         try:
             obj = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            return Rejection(source, "bad_json", f"not valid JSON ({e})")
+            return Rejection(source, "invalid_record", f"not valid JSON ({e})")
         if not isinstance(obj, dict):
-            return Rejection(source, "bad_json", f"expected a JSON object, got {type(obj).__name__}")
+            return Rejection(source, "invalid_record", f"expected a JSON object, got {type(obj).__name__}")
         if "image" not in obj and "image_path" in obj:  # curate_matterport3d.py writes "image_path"
             obj["image"] = obj["image_path"]
         missing = [k for k in ("image", "intrinsics", "pixel_coords", "depth") if k not in obj]
         if missing:
-            return Rejection(source, "missing_field", f"missing {', '.join(missing)}")
+            return Rejection(source, "invalid_record", f"missing {', '.join(missing)}")
 
         image = obj["image"]
         if not isinstance(image, str) or not image.strip("/ "):
-            return Rejection(source, "bad_field", f"image = {image!r} is not a relative path")
+            return Rejection(source, "invalid_record", f"image = {image!r} is not a relative path")
         intr = obj["intrinsics"]
         if not isinstance(intr, list) or len(intr) != 6 or not all(_is_number(v) for v in intr):
-            return Rejection(source, "bad_intrinsics", f"intrinsics = {intr!r} is not [fx, fy, cx, cy, width, height]")
+            return Rejection(source, "bad_calibration", f"intrinsics = {intr!r} is not [fx, fy, cx, cy, width, height]")
         intr = [float(v) for v in intr]
         if self.principal_point == "center":
             intr[2] += 0.5
             intr[3] += 0.5
         pixels = _integer_pixels(obj["pixel_coords"])
         if isinstance(pixels, str):
-            return Rejection(source, "bad_field", pixels)
+            return Rejection(source, "invalid_record", pixels)
         depth = obj["depth"]
         if not isinstance(depth, list) or not all(_is_number(v) for v in depth):
             bad = next((v for v in depth if not _is_number(v)), depth) if isinstance(depth, list) else depth
-            return Rejection(source, "bad_field", f"depth must be a list of numbers (metres), found {bad!r}")
+            return Rejection(source, "invalid_record", f"depth must be a list of numbers (metres), found {bad!r}")
         if len(depth) != len(pixels):
-            return Rejection(source, "length_mismatch", f"{len(pixels)} pixel_coords but {len(depth)} depth values")
+            return Rejection(source, "invalid_record", f"{len(pixels)} pixel_coords but {len(depth)} depth values")
         if not pixels:
             return Rejection(source, "no_labels", "pixel_coords is empty")
 

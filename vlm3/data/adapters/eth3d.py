@@ -27,19 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from vlm3.data.adapters.base import Adapter, Rejection, register
-from vlm3.data.adapters.scannet import image_size
-from vlm3.data.pairs import (
-    FrameData,
-    FrameError,
-    FrameSource,
-    SceneConfig,
-    option_int,
-    pinhole_projector,
-    ray_frame,
-    scene_records,
-    sfm_frame,
-)
+from vlm3.data.adapters.base import Adapter, Rejection, option_int, register
+from vlm3.data.adapters.kit import cam_from_world, image_size, load_reconstruction
+from vlm3.data.covis import pinhole_projector
+from vlm3.data.scenes import FrameData, FrameError, FrameSource, SceneConfig, ray_frame, scene_records, sfm_frame
 from vlm3.data.records import Record, View
 from vlm3.geometry.camera import Intrinsics
 from vlm3.geometry.pose import rotation_angle_deg
@@ -47,18 +38,6 @@ from vlm3.geometry.pose import rotation_angle_deg
 UNDISTORTED = "dslr_calibration_undistorted"
 DISTORTED = "dslr_calibration_jpg"
 PINHOLE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE")
-
-
-def load_reconstruction(path: Path):
-    """pycolmap reconstruction of a COLMAP model folder (binary or text); ValueError naming it."""
-    import pycolmap
-
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        return pycolmap.Reconstruction(str(path))
-    except Exception as e:  # pycolmap raises ValueError/RuntimeError with its own check message
-        raise ValueError(f"{path}: not a readable COLMAP model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 def pinhole_intrinsics(camera) -> Intrinsics:
@@ -75,20 +54,13 @@ def pinhole_intrinsics(camera) -> Intrinsics:
     return Intrinsics(fx, fy, cx, cy, camera.width, camera.height)
 
 
-def cam_from_world(image) -> np.ndarray:
-    """4x4 camera-from-world of a pycolmap image (COLMAP stores this direction)."""
-    T = np.eye(4)
-    T[:3, :] = image.cam_from_world().matrix()
-    return T
-
-
 def read_eth3d_depth(path: Path, width: int, height: int) -> np.ndarray:
     """ETH3D raw float32 depth (metres, inf = invalid) -> (height, width) float32; FrameError when bad."""
     if not path.is_file():
-        raise FrameError("missing_depth", f"{path} does not exist")
+        raise FrameError("missing_file", f"{path} does not exist")
     size = path.stat().st_size
     if size != width * height * 4:
-        raise FrameError("depth_size_mismatch", f"{path}: {size} bytes, expected {width}x{height} float32 = {width * height * 4}")
+        raise FrameError("size_mismatch", f"{path}: {size} bytes, expected {width}x{height} float32 = {width * height * 4}")
     depth = np.fromfile(path, dtype="<f4").reshape(height, width)
     if not (np.isfinite(depth) & (depth > 0)).any():
         raise FrameError("no_valid_depth", f"{path}: no finite positive depth")
@@ -116,7 +88,7 @@ def _sfm_loader(rec, image, T: np.ndarray, K: Intrinsics):
     def load(rng: np.random.Generator, n: int) -> FrameData:
         ids = np.array([p.point3D_id for p in image.points2D if p.has_point3D()], dtype=np.int64)
         if ids.size == 0:
-            raise FrameError("no_sfm_points", f"image {image.name} observes no 3D point")
+            raise FrameError("no_labels", f"image {image.name} observes no 3D point")
         xyz = np.array([rec.points3D[int(i)].xyz for i in ids], dtype=np.float64)
         return sfm_frame(xyz, ids, T, pinhole_projector(K), K)
 
@@ -141,7 +113,7 @@ ROOT/
 options.extra: grid_downsample (4), min_gap, max_gap (none), match_points, depth_tolerance (0.05),
                candidates, max_tries, depth_records, pair_records, random_order
 """
-    tasks = ("depth", "pose", "correspondence")
+    labels = ("depth", "poses", "matches")
 
     def units(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and (p / UNDISTORTED).is_dir())
@@ -161,7 +133,7 @@ options.extra: grid_downsample (4), min_gap, max_gap (none), match_points, depth
         try:
             rec = load_reconstruction(scene / UNDISTORTED)
         except (FileNotFoundError, ValueError) as e:
-            yield Rejection(str(scene / UNDISTORTED), "unreadable_calibration", str(e))
+            yield Rejection(str(scene / UNDISTORTED), "bad_calibration", str(e))
             return
 
         depth_dir = scene / "ground_truth_depth" / "dslr_images"
@@ -172,13 +144,13 @@ options.extra: grid_downsample (4), min_gap, max_gap (none), match_points, depth
                 rec_d = load_reconstruction(scene / DISTORTED)
                 distorted = {Path(im.name).name: im for im in rec_d.images.values()}
             except ValueError as e:
-                yield Rejection(str(scene / DISTORTED), "unreadable_calibration", str(e))
+                yield Rejection(str(scene / DISTORTED), "bad_calibration", str(e))
                 return
         else:
             missing = DISTORTED if not (scene / DISTORTED).is_dir() else "ground_truth_depth/dslr_images"
             yield Rejection(
                 str(scene / missing),
-                "missing_depth_calibration",
+                "bad_calibration",
                 "no depth labels: the ground-truth depth maps live on the distorted image grid, which needs "
                 f"{DISTORTED}/ and ground_truth_depth/dslr_images/; pairs use shared SfM points instead",
             )
@@ -189,24 +161,24 @@ options.extra: grid_downsample (4), min_gap, max_gap (none), match_points, depth
             img_path = scene / "images" / image.name
             try:
                 if not image.has_pose:
-                    raise FrameError("missing_pose", f"image {image.name} is not registered")
+                    raise FrameError("missing_file", f"image {image.name} is not registered")
                 cam = rec.cameras[image.camera_id]
                 try:
                     K = pinhole_intrinsics(cam)
                 except ValueError as e:
-                    raise FrameError("unsupported_camera", f"{scene / UNDISTORTED}: {e}") from None
+                    raise FrameError("bad_calibration", f"{scene / UNDISTORTED}: {e}") from None
                 size = image_size(img_path)
                 if size != (K.width, K.height):
-                    raise FrameError("image_size_mismatch", f"{img_path}: {size[0]}x{size[1]}, camera {image.camera_id} is {K.width}x{K.height}")
+                    raise FrameError("size_mismatch", f"{img_path}: {size[0]}x{size[1]}, camera {image.camera_id} is {K.width}x{K.height}")
                 T = cam_from_world(image)
                 if rec_d is not None:
                     im_d = distorted.get(base)
                     if im_d is None:
-                        raise FrameError("missing_depth_calibration", f"{base} is not in {scene / DISTORTED}")
+                        raise FrameError("bad_calibration", f"{base} is not in {scene / DISTORTED}")
                     T_d = cam_from_world(im_d)
                     # Both calibrations describe the same exposure: the depth is only valid for this pose.
                     if rotation_angle_deg(T[:3, :3], T_d[:3, :3]) > 0.01 or np.linalg.norm(T[:3, 3] - T_d[:3, 3]) > 1e-4 * max(1.0, np.linalg.norm(T[:3, 3])):
-                        raise FrameError("pose_mismatch", f"{base}: poses differ between {UNDISTORTED} and {DISTORTED}")
+                        raise FrameError("bad_pose", f"{base}: poses differ between {UNDISTORTED} and {DISTORTED}")
                     load = _fisheye_loader(depth_dir / base, rec_d.cameras[im_d.camera_id], K, T, down)
                     source = str(depth_dir / base)
                 else:
@@ -218,7 +190,7 @@ options.extra: grid_downsample (4), min_gap, max_gap (none), match_points, depth
             frames.append(FrameSource(Path(base).stem, view, load, source))
 
         if not frames:
-            yield Rejection(str(scene), "empty_scene", "no usable images")
+            yield Rejection(str(scene), "missing_file", "no usable images")
             return
         cfg = SceneConfig.from_options(self.name, unit, self.options, metric_scale=True, max_gap=None, depth_records=rec_d is not None)
         yield from scene_records(frames, cfg)

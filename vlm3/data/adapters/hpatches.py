@@ -18,7 +18,7 @@ front of the plane's horizon, w > 0). ``covisibility`` is the share of image-1 p
 inside image k.
 
 Intrinsics. The source has no calibration and no poses. Pixel correspondence does not need metric
-intrinsics, but focal-length unification does (it rescales each image by 1000 / f), so each view
+intrinsics, but focal-length unification does (it rescales each image by f_target / f), so each view
 gets a placeholder: f = image diagonal in pixels (a ~53 degree diagonal field of view), principal
 point at the image centre, and ``meta["intrinsics_estimated"] = True``. The records carry no
 poses and ``metric_scale = False``.
@@ -93,7 +93,7 @@ class HPatchesAdapter(Adapter):
         "ROOT/<seq>/1.ppm ... 6.ppm\n"
         "ROOT/<seq>/H_1_2 ... H_1_6   (3x3 text, image 1 -> image k, pixel-centre origin)"
     )
-    tasks: ClassVar[tuple[str, ...]] = ("correspondence",)
+    labels: ClassVar[tuple[str, ...]] = ("matches",)
 
     def __init__(self, root: str | Path, options: AdapterOptions | None = None) -> None:
         super().__init__(root, options)
@@ -111,7 +111,7 @@ class HPatchesAdapter(Adapter):
             with Image.open(seq / "1.ppm") as im:
                 size1 = im.size
         except OSError as e:
-            yield Rejection(f"{unit}/1.ppm", "missing_image" if not (seq / "1.ppm").exists() else "corrupt_image", str(e))
+            yield Rejection(f"{unit}/1.ppm", "missing_file" if not (seq / "1.ppm").exists() else "unreadable_file", str(e))
             return
         K1 = placeholder_intrinsics(*size1)
         # Every pixel centre of image 1, raster order, for the covisibility mask.
@@ -124,22 +124,22 @@ class HPatchesAdapter(Adapter):
         source = f"{unit}/H_1_{k}"
         image_k = seq / f"{k}.ppm"
         if not image_k.exists():
-            return Rejection(f"{unit}/{k}.ppm", "missing_image", "image not found")
+            return Rejection(f"{unit}/{k}.ppm", "missing_file", "image not found")
         if not (seq / f"H_1_{k}").is_file():
-            return Rejection(source, "missing_homography", "file not found")
+            return Rejection(source, "missing_file", "file not found")
         try:
             with Image.open(image_k) as im:
                 Kk = placeholder_intrinsics(*im.size)
         except OSError as e:
-            return Rejection(f"{unit}/{k}.ppm", "corrupt_image", str(e))
+            return Rejection(f"{unit}/{k}.ppm", "unreadable_file", str(e))
         try:
             H = to_corner_origin(read_homography(seq / f"H_1_{k}"))
         except ValueError as e:
-            return Rejection(source, "bad_homography", str(e))
+            return Rejection(source, "bad_pose", str(e))
         mapped, w = apply_homography(H, centres)
         inside = (w > 0) & Kk.contains(mapped)
         if not inside.any():
-            return Rejection(source, "no_overlap", f"no pixel of image 1 maps inside image {k}")
+            return Rejection(source, "no_labels", f"no pixel of image 1 maps inside image {k}")
         mask = inside.reshape(K1.height, K1.width)
         rng = item_rng(self.options.seed, f"{self.name}/{unit}/1_{k}")
         p0 = sample_pixels(mask, self.n_points, rng)

@@ -91,7 +91,7 @@ class KITTIDepthAdapter(Adapter):
         "ROOT/raw/<date>/calib_cam_to_cam.txt                                 (P_rect_02, P_rect_03)\n"
         "ROOT/raw/<date>/<drive>/image_02/data/<frame>.png                    (RGB; image_03 likewise)"
     )
-    tasks: ClassVar[tuple[str, ...]] = ("depth",)
+    labels: ClassVar[tuple[str, ...]] = ("depth",)
 
     def __init__(self, root: str | Path, options: AdapterOptions | None = None) -> None:
         super().__init__(root, options)
@@ -125,12 +125,12 @@ class KITTIDepthAdapter(Adapter):
         date = drive[:10]
         calib_path = self.raw_dir / date / "calib_cam_to_cam.txt"
         if not calib_path.is_file():
-            yield Rejection(str(calib_path.relative_to(self.root)), "missing_calib", f"no calibration for drive {drive}")
+            yield Rejection(str(calib_path.relative_to(self.root)), "missing_file", f"no calibration for drive {drive}")
             return
         try:
             calib = read_calib(calib_path)
         except (OSError, UnicodeDecodeError) as e:
-            yield Rejection(str(calib_path.relative_to(self.root)), "bad_calib", str(e))
+            yield Rejection(str(calib_path.relative_to(self.root)), "bad_calibration", str(e))
             return
         for camera in self.cameras:
             gt_dir = self.depth_dir / split / drive / "proj_depth" / "groundtruth" / camera
@@ -142,24 +142,24 @@ class KITTIDepthAdapter(Adapter):
         frame = gt_path.stem
         rgb_path = self.raw_dir / drive[:10] / drive / camera / "data" / gt_path.name
         if not rgb_path.is_file():
-            return Rejection(source, "missing_image", f"{rgb_path.relative_to(self.root)} not found")
+            return Rejection(source, "missing_file", f"{rgb_path.relative_to(self.root)} not found")
         raw = cv2.imread(str(gt_path), cv2.IMREAD_UNCHANGED)
         if raw is None:
-            return Rejection(source, "bad_depth", "cannot decode the PNG")
+            return Rejection(source, "unreadable_file", "cannot decode the PNG")
         if raw.dtype != np.uint16 or raw.ndim != 2:
-            return Rejection(source, "bad_depth", f"expected a single-channel uint16 PNG, got {raw.dtype} {raw.shape}")
+            return Rejection(source, "unreadable_file", f"expected a single-channel uint16 PNG, got {raw.dtype} {raw.shape}")
         height, width = raw.shape
         try:
             with Image.open(rgb_path) as im:
                 rgb_size = im.size
         except OSError as e:
-            return Rejection(source, "corrupt_image", f"{rgb_path.relative_to(self.root)}: {e}")
+            return Rejection(source, "unreadable_file", f"{rgb_path.relative_to(self.root)}: {e}")
         if rgb_size != (width, height):
-            return Rejection(source, "image_size_mismatch", f"depth is {width}x{height} but the RGB image is {rgb_size[0]}x{rgb_size[1]}")
+            return Rejection(source, "size_mismatch", f"depth is {width}x{height} but the RGB image is {rgb_size[0]}x{rgb_size[1]}")
         try:
             K = rect_intrinsics(calib, camera, width, height, str(calib_path.relative_to(self.root)))
         except ValueError as e:
-            return Rejection(source, "bad_calib", str(e))
+            return Rejection(source, "bad_calibration", str(e))
         valid = raw > 0
         if not valid.any():
             return Rejection(source, "no_valid_depth", "every ground-truth value is 0 (no measurement)")

@@ -51,7 +51,7 @@ from vlm3.data.validate import make_record
 from vlm3.geometry.camera import Intrinsics
 from vlm3.geometry.pose import make_T
 
-MISSING_REASON = {"im0.png": "missing_image", "im1.png": "missing_image", "disp0.pfm": "missing_disparity", "calib.txt": "missing_calib"}
+MISSING_REASON = {"im0.png": "missing_file", "im1.png": "missing_file", "disp0.pfm": "missing_file", "calib.txt": "missing_file"}
 
 # --- PFM ------------------------------------------------------------------------------------------
 
@@ -87,22 +87,6 @@ def read_pfm(path: str | Path) -> np.ndarray:
         raise ValueError(f"{path}: PFM data has {data.size} values, header says {width}x{height}x{channels}")
     shape = (height, width, 3) if channels == 3 else (height, width)
     return np.flipud(data.reshape(shape)).astype(np.float32)  # stored bottom row first
-
-
-def write_pfm(path: str | Path, image: np.ndarray, little_endian: bool = True) -> None:
-    """Write a float (H, W) or (H, W, 3) array as PFM (bottom row first, as the format requires)."""
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim == 2:
-        kind = b"Pf"
-    elif image.ndim == 3 and image.shape[2] == 3:
-        kind = b"PF"
-    else:
-        raise ValueError(f"PFM holds (H, W) or (H, W, 3) arrays, got shape {image.shape}")
-    h, w = image.shape[:2]
-    data = np.flipud(image).astype("<f4" if little_endian else ">f4")
-    with open(path, "wb") as f:
-        f.write(kind + b"\n" + f"{w} {h}\n".encode() + (b"-1.0\n" if little_endian else b"1.0\n"))
-        f.write(data.tobytes())
 
 
 # --- calib.txt ------------------------------------------------------------------------------------
@@ -162,7 +146,7 @@ class MiddleburyAdapter(Adapter):
     name: ClassVar[str] = "middlebury"
     description: ClassVar[str] = "Middlebury 2014 stereo (rectified pairs, dense GT disparity; z-depth in metres, stereo matches)"
     layout: ClassVar[str] = "ROOT/<scene>/im0.png, im1.png, disp0.pfm, calib.txt  (Middlebury 2014 scene folders)"
-    tasks: ClassVar[tuple[str, ...]] = ("depth", "pose", "correspondence")
+    labels: ClassVar[tuple[str, ...]] = ("depth", "poses", "matches")
 
     def __init__(self, root: str | Path, options: AdapterOptions | None = None) -> None:
         super().__init__(root, options)
@@ -183,15 +167,15 @@ class MiddleburyAdapter(Adapter):
         try:
             calib = read_calib(scene / "calib.txt")
         except (ValueError, UnicodeDecodeError) as e:
-            yield Rejection(f"{unit}/calib.txt", "bad_calib", str(e))
+            yield Rejection(f"{unit}/calib.txt", "bad_calibration", str(e))
             return
         try:
             disp = read_pfm(scene / "disp0.pfm")
         except ValueError as e:
-            yield Rejection(f"{unit}/disp0.pfm", "bad_disparity", str(e))
+            yield Rejection(f"{unit}/disp0.pfm", "unreadable_file", str(e))
             return
         if disp.ndim != 2:
-            yield Rejection(f"{unit}/disp0.pfm", "bad_disparity", f"expected a single-channel PFM, got shape {disp.shape}")
+            yield Rejection(f"{unit}/disp0.pfm", "unreadable_file", f"expected a single-channel PFM, got shape {disp.shape}")
             return
         width, height = int(calib["width"]), int(calib["height"])  # type: ignore[call-overload]
         sizes = {}
@@ -200,17 +184,17 @@ class MiddleburyAdapter(Adapter):
                 with Image.open(scene / fname) as im:
                     sizes[fname] = im.size
             except OSError as e:
-                yield Rejection(f"{unit}/{fname}", "corrupt_image", str(e))
+                yield Rejection(f"{unit}/{fname}", "unreadable_file", str(e))
                 return
         for what, size in (("im0.png", sizes["im0.png"]), ("im1.png", sizes["im1.png"]), ("disp0.pfm", disp.shape[::-1])):
             if tuple(size) != (width, height):
-                yield Rejection(f"{unit}/{what}", "image_size_mismatch", f"{size[0]}x{size[1]}, calib.txt says {width}x{height}")
+                yield Rejection(f"{unit}/{what}", "size_mismatch", f"{size[0]}x{size[1]}, calib.txt says {width}x{height}")
                 return
         cam0, cam1 = calib["cam0"], calib["cam1"]
         try:
             K0, K1 = (Intrinsics.from_center_origin(c[0, 0], c[1, 1], c[0, 2], c[1, 2], width, height) for c in (cam0, cam1))  # type: ignore[index]
         except ValueError as e:
-            yield Rejection(f"{unit}/calib.txt", "bad_calib", str(e))
+            yield Rejection(f"{unit}/calib.txt", "bad_calibration", str(e))
             return
         baseline_mm, doffs = float(calib["baseline"]), float(calib["doffs"])  # type: ignore[arg-type]
         depth = disparity_to_depth(disp, K0.fx, baseline_mm, doffs)
@@ -239,7 +223,7 @@ class MiddleburyAdapter(Adapter):
             x1 = np.arange(width)[None, :] + 0.5 - disp
             matchable = valid & (x1 >= 0) & (x1 < width)
         if not matchable.any():
-            yield Rejection(f"{unit}/disp0.pfm", "no_matches", "no left pixel maps inside the right image")
+            yield Rejection(f"{unit}/disp0.pfm", "no_labels", "no left pixel maps inside the right image")
             return
         p0 = sample_pixels(matchable, self.n_points, item_rng(self.options.seed, f"{self.name}/{unit}/pair01"))
         p1 = p0.copy()
@@ -260,6 +244,6 @@ class MiddleburyAdapter(Adapter):
             "source": "Middlebury 2014 stereo scenes",
             "depth_type": "z",
             "depth_units": "m",
-            "pose": "world = cam0; cam1 at +baseline along cam0 X",
+            "poses": "world = cam0; cam1 at +baseline along cam0 X",
             "matches": "x1 = x0 - disp0, same row",
         }

@@ -114,7 +114,7 @@ class NYUv2Adapter(Adapter):
         "ROOT/splits.mat                 (optional: trainNdxs, testNdxs, 1-based)\n"
         "ROOT/vlm3_cache/nyuv2/rgb/NNNN.png  (written by the adapter; ROOT must be writable)"
     )
-    tasks: ClassVar[tuple[str, ...]] = ("depth",)
+    labels: ClassVar[tuple[str, ...]] = ("depth",)
 
     def __init__(self, root: str | Path, options: AdapterOptions | None = None) -> None:
         super().__init__(root, options)
@@ -202,7 +202,7 @@ class NYUv2Adapter(Adapter):
                 img = img.transpose(2, 1, 0) if self.img_transposed else img.transpose(1, 2, 0)
                 depth = depth.T if self.dep_transposed else depth
                 if img.dtype != np.uint8:
-                    yield Rejection(source, "corrupt_image", f"images dtype is {img.dtype}, expected uint8")
+                    yield Rejection(source, "unreadable_file", f"images dtype is {img.dtype}, expected uint8")
                     continue
                 valid = self._valid_mask(depth)
                 if not valid.any():

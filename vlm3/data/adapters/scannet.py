@@ -4,7 +4,7 @@ Conventions of the source and how they are converted
 ----------------------------------------------------
 - ``pose/<i>.txt``: 4x4 **camera-to-world** (T_world_from_cam) of the colour camera. Records store
   camera-from-world, so each pose is **inverted**. Frames whose pose has -inf/NaN (tracking lost)
-  or is not a rigid transform become ``invalid_pose`` rejections.
+  or is not a rigid transform become ``bad_pose`` rejections.
 - ``depth/<i>.png``: uint16 z-depth in **millimetres**, 0 = invalid; divided by 1000 -> metres.
 - Depth (640x480, ``intrinsic_depth.txt``) and colour (1296x968, ``intrinsic_color.txt``) are
   registered: the same optical centre and orientation, other intrinsics (the export's
@@ -30,12 +30,11 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
-from PIL import Image
 
-from vlm3.data.adapters.base import Adapter, Rejection, register
-from vlm3.data.pairs import FrameData, FrameError, FrameSource, SceneConfig, option_int, pinhole_frame, scene_records
+from vlm3.data.adapters.base import Adapter, Rejection, option_int, register
+from vlm3.data.adapters.kit import image_size, read_depth_png, read_matrix
+from vlm3.data.scenes import FrameData, FrameError, FrameSource, SceneConfig, pinhole_frame, scene_records
 from vlm3.data.records import Record, View
 from vlm3.geometry.camera import Intrinsics
 from vlm3.geometry.pose import invert_T, is_rotation
@@ -43,38 +42,14 @@ from vlm3.geometry.pose import invert_T, is_rotation
 DEPTH_SCALE = 1000.0  # ScanNet depth PNG units per metre (millimetres)
 
 
-def read_matrix(path: Path, shape: tuple[int, int] = (4, 4)) -> np.ndarray:
-    """A whitespace-separated matrix text file; ValueError naming the file when malformed."""
-    try:
-        values = np.array([float(x) for x in path.read_text().split()], dtype=np.float64)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} does not exist") from None
-    except ValueError as e:
-        raise ValueError(f"{path}: not a numeric matrix ({e})") from None
-    if values.size != shape[0] * shape[1]:
-        raise ValueError(f"{path}: expected {shape[0]}x{shape[1]} = {shape[0] * shape[1]} numbers, found {values.size}")
-    return values.reshape(shape)
-
-
 def pose_from_cam_to_world(T_world_from_cam: np.ndarray, source: str) -> np.ndarray:
-    """Camera-from-world from a camera-to-world 4x4 matrix; FrameError('invalid_pose') when unusable."""
+    """Camera-from-world from a camera-to-world 4x4 matrix; FrameError('bad_pose') when unusable."""
     T = np.asarray(T_world_from_cam, dtype=np.float64)
     if not np.all(np.isfinite(T)):
-        raise FrameError("invalid_pose", f"{source}: pose has non-finite entries (tracking lost)")
+        raise FrameError("bad_pose", f"{source}: pose has non-finite entries (tracking lost)")
     if not is_rotation(T[:3, :3], atol=1e-3) or not np.allclose(T[3], [0, 0, 0, 1]):
-        raise FrameError("invalid_pose", f"{source}: not a rigid 4x4 transform")
+        raise FrameError("bad_pose", f"{source}: not a rigid 4x4 transform")
     return invert_T(T)
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image from its header; FrameError when missing or unreadable."""
-    if not path.is_file():
-        raise FrameError("missing_image", f"{path} does not exist")
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except Exception as e:  # PIL raises several types for corrupt files
-        raise FrameError("unreadable_image", f"{path}: {e}") from None
 
 
 def _scene_info(path: Path) -> dict[str, str]:
@@ -129,7 +104,7 @@ ROOT/
 options.extra: frame_stride (1), max_gap (300 frames), min_gap, match_points, depth_tolerance (0.05),
                candidates, max_tries, depth_records, pair_records, random_order
 """
-    tasks = ("depth", "pose", "correspondence")
+    labels = ("depth", "poses", "matches")
 
     def units(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and (p / "color").is_dir())
@@ -153,7 +128,7 @@ options.extra: frame_stride (1), max_gap (300 frames), min_gap, match_points, de
             for name in ("extrinsic_color.txt", "extrinsic_depth.txt"):
                 p = scene_dir / "intrinsic" / name
                 if p.is_file() and not np.allclose(read_matrix(p), np.eye(4), atol=1e-6):
-                    yield Rejection(str(p), "unregistered_depth", "depth and colour extrinsics are not identity; only registered exports are supported")
+                    yield Rejection(str(p), "bad_calibration", "depth and colour extrinsics are not identity; only registered exports are supported")
                     return
         except (FileNotFoundError, ValueError) as e:
             yield Rejection(str(scene_dir / "intrinsic"), "bad_calibration", str(e))
@@ -165,7 +140,7 @@ options.extra: frame_stride (1), max_gap (300 frames), min_gap, match_points, de
         color_calib, depth_calib = _size("colorWidth", "colorHeight"), _size("depthWidth", "depthHeight")
         ids = sorted(_frame_ids(scene_dir / "color", ".jpg"), key=int)[::stride]
         if not ids:
-            yield Rejection(str(scene_dir / "color"), "empty_scene", "no <i>.jpg colour frames")
+            yield Rejection(str(scene_dir / "color"), "missing_file", "no <i>.jpg colour frames")
             return
 
         K_depth: Intrinsics | None = None
@@ -174,13 +149,13 @@ options.extra: frame_stride (1), max_gap (300 frames), min_gap, match_points, de
             color, depth, pose = scene_dir / "color" / f"{fid}.jpg", scene_dir / "depth" / f"{fid}.png", scene_dir / "pose" / f"{fid}.txt"
             try:
                 if not pose.is_file():
-                    raise FrameError("missing_pose", f"{pose} does not exist")
+                    raise FrameError("missing_file", f"{pose} does not exist")
                 if not depth.is_file():
-                    raise FrameError("missing_depth", f"{depth} does not exist")
+                    raise FrameError("missing_file", f"{depth} does not exist")
                 try:
                     T_world_from_cam = read_matrix(pose)
                 except ValueError as e:
-                    raise FrameError("invalid_pose", str(e)) from None
+                    raise FrameError("bad_pose", str(e)) from None
                 T = pose_from_cam_to_world(T_world_from_cam, str(pose))
                 size = image_size(color)
                 try:
@@ -200,27 +175,13 @@ options.extra: frame_stride (1), max_gap (300 frames), min_gap, match_points, de
 
 
 def _depth_size(path: Path) -> tuple[int, int]:
-    depth = _read_depth_png(path)
+    depth = read_depth_png(path)
     return depth.shape[1], depth.shape[0]
-
-
-def _read_depth_png(path: Path) -> np.ndarray:
-    """uint16 depth PNG -> float32 metres (0 = invalid); FrameError when unreadable."""
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise FrameError("unreadable_depth", f"{path}: not a readable PNG")
-    if raw.dtype != np.uint16 or raw.ndim != 2:
-        raise FrameError("bad_depth_format", f"{path}: expected a single-channel uint16 PNG, got {raw.dtype} with shape {raw.shape}")
-    return raw.astype(np.float32) / DEPTH_SCALE
 
 
 def _depth_loader(path: Path, K_depth: Intrinsics, K_color: Intrinsics, T: np.ndarray):
     def load(rng: np.random.Generator, n: int) -> FrameData:
-        depth = _read_depth_png(path)
-        if depth.shape != (K_depth.height, K_depth.width):
-            raise FrameError("depth_size_mismatch", f"{path}: {depth.shape[1]}x{depth.shape[0]}, calibration is {K_depth.width}x{K_depth.height}")
-        if not (depth > 0).any():
-            raise FrameError("no_valid_depth", f"{path}: every pixel is 0 (invalid)")
+        depth = read_depth_png(path, (K_depth.height, K_depth.width)).astype(np.float32) / DEPTH_SCALE
         return pinhole_frame(depth, K_depth, T, rng, n, K_image=K_color)
 
     return load

@@ -27,25 +27,13 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from vlm3.data.adapters.base import Adapter, Rejection, register
-from vlm3.data.adapters.scannet import image_size
-from vlm3.data.pairs import (
-    FrameData,
-    FrameError,
-    FrameSource,
-    SceneConfig,
-    opencv_projector,
-    opencv_rays,
-    option_float,
-    option_int,
-    pinhole_frame,
-    ray_frame,
-    scene_records,
-)
+from vlm3.data.adapters.base import Adapter, Rejection, option_float, option_int, register
+from vlm3.data.adapters.kit import image_size, read_depth_png
+from vlm3.data.covis import opencv_projector, opencv_rays
+from vlm3.data.scenes import FrameData, FrameError, FrameSource, SceneConfig, pinhole_frame, ray_frame, scene_records
 from vlm3.data.records import Record, View
 from vlm3.geometry.camera import Intrinsics
 from vlm3.geometry.pose import invert_T, make_T
@@ -111,32 +99,17 @@ def pose_from_tum(values: list[str], source: str) -> np.ndarray:
     try:
         v = np.array([float(x) for x in values], dtype=np.float64)
     except ValueError:
-        raise FrameError("invalid_pose", f"{source}: non-numeric pose {values}") from None
+        raise FrameError("bad_pose", f"{source}: non-numeric pose {values}") from None
     q = v[3:7]
     if not np.all(np.isfinite(v)) or not 0.9 < np.linalg.norm(q) < 1.1:
-        raise FrameError("invalid_pose", f"{source}: pose {values} is not finite or its quaternion is not unit length")
+        raise FrameError("bad_pose", f"{source}: pose {values} is not finite or its quaternion is not unit length")
     T_world_from_cam = make_T(Rotation.from_quat(q).as_matrix(), v[:3])  # scipy quaternions are (x, y, z, w)
     return invert_T(T_world_from_cam)
 
 
-def _read_depth(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise FrameError("missing_depth", f"{path} does not exist")
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise FrameError("unreadable_depth", f"{path}: not a readable PNG")
-    if raw.dtype != np.uint16 or raw.ndim != 2:
-        raise FrameError("bad_depth_format", f"{path}: expected a single-channel uint16 PNG, got {raw.dtype} with shape {raw.shape}")
-    if raw.shape[::-1] != IMAGE_SIZE:
-        raise FrameError("depth_size_mismatch", f"{path}: {raw.shape[1]}x{raw.shape[0]}, expected {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}")
-    if not (raw > 0).any():
-        raise FrameError("no_valid_depth", f"{path}: every pixel is 0 (invalid)")
-    return raw.astype(np.float32) / DEPTH_SCALE
-
-
 def _loader(path: Path, K: Intrinsics, dist: list[float] | None, T: np.ndarray, grid_downsample: int):
     def load(rng: np.random.Generator, n: int) -> FrameData:
-        depth = _read_depth(path)
+        depth = read_depth_png(path, IMAGE_SIZE[::-1]).astype(np.float32) / DEPTH_SCALE
         if dist is None:
             return pinhole_frame(depth, K, T, rng, n)
         # Distorted image: labels stay on the image's pixels; rays and the occlusion grid use the
@@ -175,7 +148,7 @@ options.extra: intrinsics (calibrated | ros_default), max_dt (0.02 s), frame_str
                max_gap (300 frames), grid_downsample (2), min_gap, match_points, depth_tolerance,
                candidates, max_tries, depth_records, pair_records, random_order
 """
-    tasks = ("depth", "pose", "correspondence")
+    labels = ("depth", "poses", "matches")
 
     def units(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and (p / "rgb.txt").is_file())
@@ -196,7 +169,7 @@ options.extra: intrinsics (calibrated | ros_default), max_dt (0.02 s), frame_str
         try:
             K, dist = camera_for_sequence(unit, str(opts.extra.get("intrinsics", "calibrated")))
         except ValueError as e:
-            yield Rejection(str(seq), "unknown_camera", str(e))
+            yield Rejection(str(seq), "bad_calibration", str(e))
             return
         max_dt = option_float(opts, "max_dt", 0.02)
         stride = option_int(opts, "frame_stride", 1, minimum=1) or 1
@@ -206,7 +179,7 @@ options.extra: intrinsics (calibrated | ros_default), max_dt (0.02 s), frame_str
             depth = read_stamped(seq / "depth.txt", 2)
             gt = read_stamped(seq / "groundtruth.txt", 8)
         except (FileNotFoundError, ValueError) as e:
-            yield Rejection(str(seq), "bad_index_file", str(e))
+            yield Rejection(str(seq), "unreadable_file", str(e))
             return
         d_stamps = np.array([t for t, _ in depth])
         g_stamps = np.array([t for t, _ in gt])
@@ -217,14 +190,14 @@ options.extra: intrinsics (calibrated | ros_default), max_dt (0.02 s), frame_str
             try:
                 di = nearest(d_stamps, t, max_dt)
                 if di is None:
-                    raise FrameError("no_depth_within_max_dt", f"no depth image within {max_dt} s of {t:.6f}")
+                    raise FrameError("missing_file", f"no depth image within {max_dt} s of {t:.6f}")
                 gi = nearest(g_stamps, t, max_dt)
                 if gi is None:
-                    raise FrameError("no_pose_within_max_dt", f"no ground-truth pose within {max_dt} s of {t:.6f}")
+                    raise FrameError("missing_file", f"no ground-truth pose within {max_dt} s of {t:.6f}")
                 T = pose_from_tum(gt[gi][1], f"{seq / 'groundtruth.txt'} at {gt[gi][0]:.4f}")
                 size = image_size(seq / rel)
                 if size != IMAGE_SIZE:
-                    raise FrameError("bad_image_size", f"{src}: {size[0]}x{size[1]}, expected {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}")
+                    raise FrameError("size_mismatch", f"{src}: {size[0]}x{size[1]}, expected {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}")
             except FrameError as e:
                 yield Rejection(src, e.reason, e.detail)
                 continue
@@ -234,7 +207,7 @@ options.extra: intrinsics (calibrated | ros_default), max_dt (0.02 s), frame_str
             frames.append(FrameSource(name, view, _loader(dpath, K, dist, T, down), str(dpath)))
 
         if not frames:
-            yield Rejection(str(seq), "empty_scene", "no usable frames")
+            yield Rejection(str(seq), "missing_file", "no usable frames")
             return
         cfg = SceneConfig.from_options(self.name, unit, opts, metric_scale=True, max_gap=300)
         yield from scene_records(frames, cfg)

@@ -3,50 +3,28 @@
 Scene ``i`` of a dataset is seeded from ``(seed, i)`` only, with separate random streams for the
 layout and view 0, the second view, and label sampling. So a scene does not depend on the other
 scenes, the number of workers, or on which tasks were asked for, and runs are byte-identical.
+Datasets on disk are written by ``vlm3 prepare`` with the ``synth`` adapter
+(``vlm3.data.adapters.synth``); :func:`generate` is its short form.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from vlm3.data.io import shard_path, write_manifest, write_shard
 from vlm3.data.records import DepthLabels, Matches, Object3D, Record, View
 from vlm3.data.synth.pairs import Correspondences, sample_second_view
 from vlm3.data.synth.render import SceneView, render_view
-from vlm3.data.synth.scene import (
-    FLOOR,
-    SURFACE_NAMES,
-    Layout,
-    SceneFamily,
-    SceneObject,
-    get_family,
-    sample_camera0,
-    sample_intrinsics,
-    sample_layout,
-)
+from vlm3.data.synth.scene import Layout, SceneFamily, SceneObject, get_family, sample_camera0, sample_intrinsics, sample_layout
 from vlm3.geometry.pose import transform_points
 
 GENERATOR_VERSION = "1"
-TASKS: tuple[str, ...] = ("depth", "pose", "correspondence", "object")
-_TASK_ALIASES = {
-    "depth": "depth",
-    "pose": "pose",
-    "corr": "correspondence",
-    "correspondence": "correspondence",
-    "correspondences": "correspondence",
-    "matches": "correspondence",
-    "object": "object",
-    "objects": "object",
-}
+LABELS: tuple[str, ...] = ("depth", "poses", "matches", "objects")  # record label fields a scene can fill
 _STREAM_LAYOUT, _STREAM_PAIR, _STREAM_LABELS = 0, 1, 2
 _DOWN_WORLD = np.array([0.0, 0.0, -1.0])
 
@@ -108,15 +86,43 @@ def render_scene(family: str | SceneFamily, seed: int | Sequence[int], *, two_vi
     return scene
 
 
-def normalize_tasks(tasks: str | Iterable[str]) -> tuple[str, ...]:
-    """Canonical task names from a list or a comma-separated string ("corr" = "correspondence")."""
+def normalize_tasks(tasks: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Registered task names (in registry order) from names or aliases, a list or a comma-separated string."""
+    from vlm3.tasks import get_task, task_names
+
+    if tasks is None:
+        return tuple(task_names())
     items = [t.strip().lower() for t in (tasks.split(",") if isinstance(tasks, str) else tasks)]
-    items = [t for t in items if t]
-    bad = [t for t in items if t not in _TASK_ALIASES]
-    if bad or not items:
-        raise ValueError(f"unknown task(s) {bad or items!r}; choose from depth, pose, corr (correspondence), object")
-    chosen = {_TASK_ALIASES[t] for t in items}
-    return tuple(t for t in TASKS if t in chosen)
+    chosen = {get_task(t).name for t in items if t}  # UnknownTask (a ValueError) names the choices
+    if not chosen:
+        raise ValueError(f"no task given; choose from {', '.join(task_names())}")
+    return tuple(t for t in task_names() if t in chosen)
+
+
+def _probe(labels: set[str]) -> Record:
+    """A tiny record with exactly the label fields ``labels`` (to ask tasks which ones they need)."""
+    T = np.eye(4).tolist() if "poses" in labels else None
+    box = Object3D(name="box", center=(0, 0, 2), size=(1, 1, 1), R_cam_from_box=np.eye(3).tolist(), box2d=(0, 0, 5, 5))
+    return Record(
+        id="probe", dataset="probe",
+        views=[View(image=f"{k}.png", intrinsics=[10, 10, 5, 5, 10, 10], T_cam_from_world=T) for k in range(2)],
+        depth=DepthLabels(pixels=[(1, 1)], depth=[1.0], depth_type="z") if "depth" in labels else None,
+        matches=Matches(pixels0=[(1, 1)], pixels1=[(1, 1)]) if "matches" in labels else None,
+        objects=[box, box] if "objects" in labels else None,
+    )
+
+
+def labels_for(tasks: str | Iterable[str] | None) -> frozenset[str]:
+    """The label fields (of :data:`LABELS`) that ``tasks`` (default: all) need: those without which a task loses its labels."""
+    return _needed(normalize_tasks(tasks))
+
+
+@lru_cache
+def _needed(tasks: tuple[str, ...]) -> frozenset[str]:
+    from vlm3.tasks import get_task
+
+    full = set(LABELS)
+    return frozenset(label for name in tasks for label in LABELS if not get_task(name).has_labels(_probe(full - {label})))
 
 
 def _pixel_centers(flat_idx: np.ndarray, width: int) -> np.ndarray:
@@ -128,7 +134,7 @@ def scene_to_record(
     record_id: str,
     *,
     dataset: str,
-    tasks: str | Iterable[str] = TASKS,
+    tasks: str | Iterable[str] | None = None,
     points: int = 10,
     matches: int = 20,
     split: str = "train",
@@ -141,12 +147,13 @@ def scene_to_record(
     Depth: ``points`` valid view-0 pixel centres, uniform over pixels with a surface, z-depth.
     Matches: ``matches`` pixel centres uniform over covisible view-0 pixels, exact view-1 pixels.
     Objects: those with at least ``min_object_pixels`` visible pixels in view 0; the 2D box
-    covers their visible pixels. Poses are written only when "pose" is among ``tasks``.
+    covers their visible pixels. Only the labels that ``tasks`` (default: all) need are
+    written (:func:`labels_for`), poses included.
     """
-    tasks_t = normalize_tasks(tasks)
-    two_view = "pose" in tasks_t or "correspondence" in tasks_t
+    labels = labels_for(tasks)
+    two_view = "poses" in labels or "matches" in labels
     if two_view and (len(scene.views) < 2 or scene.correspondences is None):
-        raise ValueError(f"tasks {tasks_t} need two views but scene {scene.seed} was rendered with one")
+        raise ValueError(f"labels {sorted(labels)} need two views but scene {scene.seed} was rendered with one")
     if points < 0 or matches < 0:
         raise ValueError(f"points and matches must be >= 0, got points={points}, matches={matches}")
     n_views = 2 if two_view else 1
@@ -160,14 +167,14 @@ def scene_to_record(
         View(
             image=str(image_paths[k]),
             intrinsics=scene.views[k].K.to_list(),
-            T_cam_from_world=scene.views[k].T_cam_from_world.tolist() if "pose" in tasks_t else None,
+            T_cam_from_world=scene.views[k].T_cam_from_world.tolist() if "poses" in labels else None,
         )
         for k in range(n_views)
     ]
     record_meta: dict[str, str | int | float | bool | None] = {"family": scene.family, "generator_version": GENERATOR_VERSION}
     depth = match_labels = objects = None
 
-    if "depth" in tasks_t:
+    if "depth" in labels:
         valid = np.flatnonzero(np.isfinite(v0.depth).ravel())
         pick = valid[rng.choice(len(valid), size=min(points, len(valid)), replace=False)]
         if len(pick):
@@ -177,7 +184,7 @@ def scene_to_record(
                 depth=[round(float(d), 6) for d in values],
                 depth_type="z",
             )
-    if "correspondence" in tasks_t:
+    if "matches" in labels:
         corr = scene.correspondences
         assert corr is not None
         covis = np.flatnonzero(corr.covisible.ravel())
@@ -186,7 +193,7 @@ def scene_to_record(
             pixels0=[tuple(p) for p in _pixel_centers(pick, v0.K.width).tolist()],
             pixels1=[tuple(p) for p in corr.flow.reshape(-1, 2)[pick].tolist()],
         )
-    if "object" in tasks_t:
+    if "objects" in labels:
         objects, ids = [], []
         for obj in scene.objects:
             rows, cols = np.nonzero(v0.ids == obj.id)
@@ -225,56 +232,10 @@ def scene_to_record(
 
 # --- datasets on disk ---------------------------------------------------------------------------
 
-_OUTPUT_DIRS = ("records", "images", "dense")
-
-
-@dataclass(frozen=True)
-class _Job:
-    family: SceneFamily
-    out_dir: str
-    dataset: str
-    seed: int
-    tasks: tuple[str, ...]
-    points: int
-    matches: int
-    split: str
-    save_depth: bool
-
 
 def record_id(dataset: str, seed: int, index: int) -> str:
     """Id of scene ``index`` in a dataset generated with ``seed``."""
     return f"{dataset}-{seed}-{index:06d}"
-
-
-def _make_record(job: _Job, index: int) -> Record:
-    """Render scene ``index``, write its images (and dense maps), return its record."""
-    two_view = "pose" in job.tasks or "correspondence" in job.tasks
-    scene = render_scene(job.family, (job.seed, index), two_view=two_view)
-    rid = record_id(job.dataset, job.seed, index)
-    out = Path(job.out_dir)
-    paths, meta = [], {"scene_index": index, "seed": job.seed}
-    for k, view in enumerate(scene.views):
-        rel = f"images/{rid}_{k}.png"
-        Image.fromarray(view.image).save(out / rel, format="PNG", compress_level=6)
-        paths.append(rel)
-        if job.save_depth:
-            depth_rel, ids_rel = f"dense/{rid}_{k}_depth.npy", f"dense/{rid}_{k}_ids.png"
-            np.save(out / depth_rel, view.depth)
-            Image.fromarray(view.ids.astype(np.uint8)).save(out / ids_rel, format="PNG", compress_level=6)
-            meta[f"depth_map{k}"], meta[f"id_map{k}"] = depth_rel, ids_rel
-    return scene_to_record(
-        scene, rid, dataset=job.dataset, tasks=job.tasks, points=job.points, matches=job.matches,
-        split=job.split, image_paths=paths, meta=meta,
-    )
-
-
-def _prepare_out_dir(out: Path, overwrite: bool) -> None:
-    existing = [out / d for d in (*_OUTPUT_DIRS, "manifest.json") if (out / d).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{out} already holds a dataset ({existing[0].name}); pass overwrite=True (--overwrite) to replace it")
-    for p in existing:
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    (out / "images").mkdir(parents=True, exist_ok=True)
 
 
 def generate(
@@ -283,96 +244,44 @@ def generate(
     out_dir: str | Path,
     *,
     seed: int = 0,
-    tasks: str | Iterable[str] = TASKS,
+    tasks: str | Iterable[str] | None = None,
     points: int = 10,
     matches: int = 20,
     workers: int = 1,
     dataset_name: str | None = None,
     save_depth: bool = False,
     split: str = "train",
-    shard_size: int = 1000,
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Render ``n_scenes`` scenes into a prepared vlm3 dataset folder; returns the folder.
+    """Render ``n_scenes`` scenes of ``family`` into a prepared dataset folder; returns the folder.
 
-    Layout: ``manifest.json``, ``records/NNNNN.jsonl`` (one record per scene), ``images/*.png``
-    and, with ``save_depth``, ``dense/*_depth.npy`` (float32 z-depth, NaN = sky) and
-    ``dense/*_ids.png`` (id maps) named in each record's ``meta``. Serial and parallel runs
-    (``workers``) write identical files.
+    The same as ``vlm3 prepare synth --root OUT --out OUT`` with these options (see
+    ``vlm3.data.adapters.synth``): records, manifest and ``images/`` all live in ``out_dir``.
     """
-    from tqdm.auto import tqdm
+    import json
+
+    from vlm3.data.prepare import PrepareError, PrepareOptions, prepare
 
     fam = get_family(family)
-    tasks_t = normalize_tasks(tasks)
-    if n_scenes < 1:
-        raise ValueError(f"n_scenes must be >= 1, got {n_scenes}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if workers < 1 or shard_size < 1:
-        raise ValueError(f"workers and shard_size must be >= 1, got workers={workers}, shard_size={shard_size}")
-    dataset = dataset_name or fam.name
-    if not dataset or "/" in dataset or os.sep in dataset:
-        raise ValueError(f"dataset name {dataset!r} must be non-empty and contain no path separator")
     out = Path(out_dir)
-    _prepare_out_dir(out, overwrite)
-    if save_depth:
-        (out / "dense").mkdir(exist_ok=True)
-
-    job = _Job(fam, str(out), dataset, int(seed), tasks_t, points, matches, split, save_depth)
-    make = partial(_make_record, job)
-    bar = tqdm(total=n_scenes, desc=f"synth {dataset}", unit="scene", disable=not progress)
-    records: list[Record] = []
-    if workers == 1:
-        for i in range(n_scenes):
-            records.append(make(i))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for rec in pool.map(make, range(n_scenes), chunksize=max(1, min(16, n_scenes // (4 * workers)))):
-                records.append(rec)
-                bar.update()
-    bar.close()
-
-    shards = []
-    for k, start in enumerate(range(0, n_scenes, shard_size)):
-        path = shard_path(out, k)
-        write_shard(records[start : start + shard_size], path)
-        shards.append(path.relative_to(out).as_posix())
-    widths = [int(v.intrinsics[4]) for r in records for v in r.views]
-    heights = [int(v.intrinsics[5]) for r in records for v in r.views]
-    manifest = {
-        "dataset": dataset,
-        "split": split,
-        "source": "vlm3.synth",
-        "generator_version": GENERATOR_VERSION,
-        "family": fam.name,
-        "family_kind": fam.kind,
-        "family_params": fam.params(),
-        "seed": int(seed),
-        "num_scenes": n_scenes,
-        "num_records": len(records),
-        "tasks": list(tasks_t),
-        "points_per_record": points,
-        "matches_per_record": matches,
-        "image_root": ".",
-        "image_size": {"width": [min(widths), max(widths)], "height": [min(heights), max(heights)]},
-        "save_depth": save_depth,
-        "conventions": {
-            "pixels": "continuous, corner origin, x = column, y = row; pixel (i, j) has centre (i + 0.5, j + 0.5)",
-            "depth_type": "z",
-            "units": "metres",
-            "pose": "views store T_cam_from_world; camera axes X right, Y down, Z forward",
-            "world": "X right, Y forward, Z up (gravity -Z); floor/ground at Z = 0",
-            "sky": "no surface: never sampled, NaN in dense depth maps",
-            "objects": "3D boxes in view 0's camera frame, size (width, height, length), height along gravity",
-        },
-        "id_map": {
-            "0": "sky",
-            "1-99": "objects; meta.object_ids lists the ids of a record's objects in order",
-            **{str(k): ("floor (ground outdoors)" if k == FLOOR else v) for k, v in SURFACE_NAMES.items() if k >= FLOOR},
-        },
-        "shards": shards,
+    existing = [p for p in sorted(out.iterdir()) if not p.name.startswith(".")] if out.is_dir() else []
+    if existing and not overwrite:
+        raise FileExistsError(f"{out} is not empty ({existing[0].name}); pass overwrite=True (--overwrite) to replace it")
+    for p in existing:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    options = {
+        "family": json.dumps(fam.params()), "scenes": str(n_scenes), "tasks": ",".join(normalize_tasks(tasks)),
+        "matches": str(matches), "save_depth": str(save_depth).lower(),
     }
-    write_manifest(out, manifest)
+    if dataset_name is not None:
+        options["name"] = dataset_name
+    opts = PrepareOptions(points=points, workers=workers, seed=int(seed), split=split, options=options)
+    try:
+        prepare("synth", out, out, opts, progress=progress)
+    except PrepareError as e:
+        raise ValueError(str(e)) from None
     return out

@@ -1,0 +1,150 @@
+"""How records become questions: the one settings type, its defaults, and ``vlm3.json``.
+
+:class:`Settings` decides everything about what a model is shown and asked: the view transform
+(focal unification to ``focal`` px, or a fixed ``resize_to``), the text coordinate range
+``n_coords``, the depth convention, the answer style and packing, and the prompt version. Training
+configs (``data:`` section), bench configs (``settings:``) and checkpoints all use it.
+
+Every checkpoint trained by vlm3 carries ``vlm3.json``: the task it was trained for and its
+settings, so evaluation asks questions the way the model was trained. This module imports neither
+torch nor transformers, so reading a served model's settings is instant.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_FOCAL_PX = 1000.0  # the paper's unified focal length (pixels)
+DEFAULT_N_COORDS = 2000  # the paper's text coordinate range [0, N)
+PROMPT_VERSION = "vlm3-1"  # the prompts of vlm3.tasks; bump when any task's wording changes
+SETTINGS_FILE = "vlm3.json"
+
+
+class SettingsError(ValueError):
+    """Settings that do not fit the schema; the message names the source and the field."""
+
+
+class Settings(BaseModel):
+    """What a model is shown and asked (see the README's conventions).
+
+    Images are unified to ``focal`` px (``unify``) or resampled to ``resize_to`` = (W, H) (the
+    no-unification ablation; None keeps the native size). ``size_multiple`` crops/pads unified
+    images to a multiple of the model's patch size so its processor does not resize them again.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    unify: bool = Field(True, description="focal-length unification (the recipe); false = the ablation")
+    focal: float = Field(DEFAULT_FOCAL_PX, gt=0, description="unified focal length in pixels")
+    size_multiple: int | None = Field(None, ge=1, description="unified sides rounded to this multiple (None: the model's patch multiple in training, none in evaluation)")
+    resize_to: tuple[int, int] | None = Field(None, description="[W, H] fixed size for every image when unify is false")
+    n_coords: int = Field(DEFAULT_N_COORDS, ge=2, description="text coordinates in [0, n_coords)")
+    depth_type: Literal["z", "range"] = Field("range", description='what "how far from the camera" means')
+    answer_style: str = Field("short", description="task-specific answer style (depth: short | sentence | depthlm)")
+    points_per_sample: int = Field(10, ge=1, description="questions packed per training sample (paper: 10 for depth)")
+    packing: Literal["multi_turn", "single_turn"] = Field("multi_turn", description="how packed questions are laid out")
+    prompt_version: str = Field(PROMPT_VERSION, description="version of the prompt wording the model was trained on")
+
+    def with_values(self, **values: Any) -> "Settings":
+        """A copy with some fields replaced, validated."""
+        return make_settings({**self.model_dump(), **values})
+
+
+# The settings that decide how an evaluation question is asked (a bench may set these).
+ASK_FIELDS: tuple[str, ...] = ("unify", "focal", "size_multiple", "resize_to", "n_coords", "depth_type", "answer_style", "prompt_version")
+
+
+def make_settings(values: dict[str, Any], where: str = "settings") -> Settings:
+    """Validated :class:`Settings` from a mapping; SettingsError naming ``where`` and the field."""
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as e:
+        raise SettingsError(f"{where}: {validation_message(e)}") from None
+
+
+def validation_message(error: ValidationError, prefix: str = "") -> str:
+    """The problems of a pydantic error on one line: ``prefix + field.path = value: what is wrong``."""
+    parts = []
+    for item in error.errors():
+        field = prefix + (".".join(str(p) for p in item["loc"]) or "value")
+        shown = "" if item["type"] == "missing" else f" = {item.get('input')!r}"
+        parts.append(f"{field}{shown}: {item['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def resolve_settings(model: dict[str, Any] | None, bench: dict[str, Any] | None = None) -> tuple[Settings, dict[str, str]]:
+    """Evaluation settings and where each came from, per field of :data:`ASK_FIELDS`.
+
+    In order: the model's ``vlm3.json`` (how it was trained to be asked), the bench config, the
+    defaults of :class:`Settings`. Returns the settings and ``{field: "model" | "bench" | "default"}``.
+    """
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key in ASK_FIELDS:
+        if model is not None and key in model:
+            values[key], sources[key] = model[key], "model"
+        elif bench and key in bench:
+            values[key], sources[key] = bench[key], "bench"
+        else:
+            sources[key] = "default"
+    return make_settings(values), sources
+
+
+# --- vlm3.json ----------------------------------------------------------------------------------
+
+
+class ModelSettings(BaseModel):
+    """What ``vlm3.json`` holds: the task a checkpoint was trained for and its settings."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task: str | None = None
+    settings: Settings
+    path: str | None = None  # where it was read
+
+
+def write_model_settings(folder: str | Path, task: str, settings: Settings) -> Path:
+    """Write ``folder/vlm3.json`` (the task and every settings field)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / SETTINGS_FILE
+    path.write_text(json.dumps({"task": task, **settings.model_dump(mode="json")}, indent=2) + "\n")
+    return path
+
+
+def read_model_settings(folder_or_file: str | Path) -> ModelSettings | None:
+    """The settings saved with a checkpoint (a folder or its ``vlm3.json``); None when there are none.
+
+    Fields a file lacks (written by an older vlm3) take the defaults; unknown fields are ignored.
+    """
+    path = Path(folder_or_file).expanduser()
+    if path.is_dir():
+        path = path / SETTINGS_FILE
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SettingsError(f"{path}: cannot read ({e})") from None
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path}: expected a JSON object with the model's task and settings")
+    known = {k: v for k, v in raw.items() if k in Settings.model_fields}
+    return ModelSettings(task=raw.get("task"), settings=make_settings(known, str(path)), path=str(path))
+
+
+def model_settings_for(spec: str | None, meta: str | Path | None = None) -> ModelSettings | None:
+    """The ``vlm3.json`` of a model spec: ``meta`` (a folder or file) wins, else a local folder
+    (also ``vllm:FOLDER``); an HTTP model has none unless ``meta`` is given."""
+    if meta is not None:
+        found = read_model_settings(meta)
+        if found is None:
+            raise SettingsError(f"--meta {meta}: no {SETTINGS_FILE} there (give a trained checkpoint folder or its {SETTINGS_FILE})")
+        return found
+    if spec is None or spec.startswith(("http://", "https://")):
+        return None
+    folder = Path(spec.removeprefix("vllm:")).expanduser()
+    return read_model_settings(folder) if folder.is_dir() else None
