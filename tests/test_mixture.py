@@ -167,7 +167,7 @@ def test_cli_prints_the_paper_mixture():
         ("datasets: {a: 10}\noverrides: {c: 1}\n", "unknown dataset(s) 'c'"),
         ("datasets: {a: 10, b: 5}\noverrides: {a: 0, b: 0}\n", "all dataset weights are zero"),
         ("datasets: {a: many}\n", "datasets.a = 'many'"),
-        ("dataset: {a: 10}\n", "unknown field(s) ['dataset']"),
+        ("dataset: {a: 10}\n", "unknown field dataset"),
         ("datasets: [a, b\n", "invalid YAML"),
     ],
 )

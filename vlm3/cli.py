@@ -253,11 +253,12 @@ def serve_command(
 
 @app.command("train")
 def train_command(
-    config: str = typer.Argument(..., help="Training config YAML (sections model, data, train), e.g. configs/tiny-cpu.yaml."),
+    config: str = typer.Argument(None, help="Training config YAML (sections model, data, train), e.g. configs/tiny-cpu.yaml."),
     set_: list[str] = typer.Option([], "--set", help="Override a field, section.field=value (repeatable), e.g. train.max_steps=100."),
     resume: bool = typer.Option(
         True, "--resume/--no-resume", help="Continue from the newest complete checkpoint in train.output_dir (default)."
     ),
+    fields: bool = typer.Option(False, "--fields", help="List every config field with its default and help, then exit."),
 ) -> None:
     """Fine-tune a VLM on prepared data. Re-run the same command to resume after an interruption.
 
@@ -267,12 +268,25 @@ def train_command(
     import os
     from pathlib import Path
 
-    from vlm3.train.config import ConfigError, load_config
+    from vlm3.train.config import Config, ConfigError, load_config
 
     def fail(message: str) -> typer.Exit:
         typer.echo(f"error: {message}", err=True)
         return typer.Exit(2)
 
+    if fields:
+        from rich.console import Console
+        from rich.table import Table
+
+        from vlm3.config import field_rows
+
+        table = Table("field", "default", "help", title="vlm3 train config (set any with --set field=value)")
+        for row in field_rows(Config):
+            table.add_row(*row)
+        Console().print(table)
+        return
+    if config is None:
+        raise fail("give a training config YAML (or --fields to list the config fields)")
     try:
         cfg = load_config(config, set_)
     except ConfigError as e:

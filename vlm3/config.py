@@ -89,3 +89,16 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_yaml_model(cls: type[M], path: str | Path, overrides: Iterable[str] = (), *, min_depth: int = 1) -> M:
     """Read a YAML file, apply ``overrides`` (see :func:`apply_overrides`) and validate it into ``cls``."""
     return validate(cls, apply_overrides(read_yaml(path), overrides, min_depth=min_depth), str(path))
+
+
+def field_rows(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
+    """``(dotted name, default, description)`` of every field of ``cls``, nested sections expanded."""
+    rows = []
+    for name, info in cls.model_fields.items():
+        kind = info.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            rows += field_rows(kind, f"{prefix}{name}.")
+            continue
+        default = "(computed)" if info.default_factory is not None else repr(info.default)
+        rows.append((f"{prefix}{name}", default, info.description or ""))
+    return rows

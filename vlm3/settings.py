@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 DEFAULT_FOCAL_PX = 1000.0  # the paper's unified focal length (pixels)
 DEFAULT_N_COORDS = 2000  # the paper's text coordinate range [0, N)
@@ -41,7 +41,7 @@ class Settings(BaseModel):
     unify: bool = Field(True, description="focal-length unification (the recipe); false = the ablation")
     focal: float = Field(DEFAULT_FOCAL_PX, gt=0, description="unified focal length in pixels")
     size_multiple: int | None = Field(None, ge=1, description="unified sides rounded to this multiple (None: the model's patch multiple in training, none in evaluation)")
-    resize_to: tuple[int, int] | None = Field(None, description="[W, H] fixed size for every image when unify is false")
+    resize_to: tuple[PositiveInt, PositiveInt] | None = Field(None, description="[W, H] fixed size for every image when unify is false")
     n_coords: int = Field(DEFAULT_N_COORDS, ge=2, description="text coordinates in [0, n_coords)")
     depth_type: Literal["z", "range"] = Field("range", description='what "how far from the camera" means')
     answer_style: str = Field("short", description="task-specific answer style (depth: short | sentence | depthlm)")
@@ -72,7 +72,10 @@ def validation_message(error: ValidationError, prefix: str = "") -> str:
     for item in error.errors():
         field = prefix + (".".join(str(p) for p in item["loc"]) or "value")
         shown = "" if item["type"] == "missing" else f" = {item.get('input')!r}"
-        parts.append(f"{field}{shown}: {item['msg'].removeprefix('Value error, ')}")
+        if item["type"] == "extra_forbidden":
+            parts.append(f"unknown field {field}{shown}")
+        else:
+            parts.append(f"{field}{shown}: {item['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
 
 
@@ -144,7 +147,10 @@ def model_settings_for(spec: str | None, meta: str | Path | None = None) -> Mode
         if found is None:
             raise SettingsError(f"--meta {meta}: no {SETTINGS_FILE} there (give a trained checkpoint folder or its {SETTINGS_FILE})")
         return found
-    if spec is None or spec.startswith(("http://", "https://")):
+    from vlm3.models.backend import parse_spec  # imports neither torch nor transformers
+
+    parsed = None if spec is None else parse_spec(spec)
+    if parsed is None or parsed.kind == "http":
         return None
-    folder = Path(spec.removeprefix("vllm:")).expanduser()
+    folder = Path(parsed.target).expanduser()
     return read_model_settings(folder) if folder.is_dir() else None

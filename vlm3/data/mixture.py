@@ -40,11 +40,13 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
+from pydantic import BeforeValidator, Field, model_validator
+
+from vlm3.config import ConfigError, ConfigModel, load_yaml_model
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -160,22 +162,6 @@ def _parse_overrides(overrides: Mapping[str, Override], sizes: Mapping[str, int]
 # --- config files ----------------------------------------------------------------------------------
 
 
-@dataclass
-class MixtureConfig:
-    """A mixture as written in a YAML file (see module doc)."""
-
-    sizes: dict[str, int]
-    policy: str = "size"
-    overrides: dict[str, Override] = field(default_factory=dict)
-    draws: int | None = None  # draws to plan for; None = sum of sizes
-
-    def weights(self, *, use_overrides: bool = True) -> dict[str, float]:
-        return mixture_weights(self.sizes, self.policy, self.overrides if use_overrides else None)
-
-    def probs(self, *, use_overrides: bool = True) -> dict[str, float]:
-        return normalize(self.weights(use_overrides=use_overrides))
-
-
 def parse_size(value: Any, where: str = "size") -> int:
     """A record count: an integer, or a string with a K/M/B suffix such as ``"700K"`` or ``"1.5M"``."""
     if isinstance(value, bool):
@@ -196,42 +182,46 @@ def parse_size(value: Any, where: str = "size") -> int:
     return n
 
 
+def _count(value: Any) -> int:
+    try:
+        return parse_size(value)
+    except MixtureError:
+        raise ValueError("must be a positive count of records like 190000, 700K or 1.5M") from None
+
+
+Count = Annotated[int, BeforeValidator(_count)]
+
+
+class MixtureConfig(ConfigModel):
+    """A mixture as written in a YAML file (see module doc); ``datasets`` maps names to sizes."""
+
+    policy: str = Field("size", description="uniform | size | size^ALPHA | explicit")
+    draws: Count | None = Field(None, description="draws to plan for (default: the sum of sizes)")
+    datasets: dict[str, Count] = Field(min_length=1, description="name: size in records (1M, 700K, 1.5B allowed)")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="name: weight, {weight: w} or {scale: s}")
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return self.datasets
+
+    @model_validator(mode="after")
+    def _check(self) -> "MixtureConfig":
+        self.weights()  # policy and overrides, checked now so the file is named
+        return self
+
+    def weights(self, *, use_overrides: bool = True) -> dict[str, float]:
+        return mixture_weights(self.sizes, self.policy, self.overrides if use_overrides else None)
+
+    def probs(self, *, use_overrides: bool = True) -> dict[str, float]:
+        return normalize(self.weights(use_overrides=use_overrides))
+
+
 def load_mixture_config(path: str | Path) -> MixtureConfig:
     """Read and check a mixture YAML file; errors name the file and the field."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise MixtureError(f"mixture config {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise MixtureError(f"{path}: invalid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise MixtureError(f"{path}: top level must be a mapping with policy, datasets and overrides")
-    known = {"policy", "datasets", "overrides", "draws"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise MixtureError(f"{path}: unknown field(s) {unknown}; known: {sorted(known)}")
-    try:
-        datasets = data.get("datasets")
-        if not isinstance(datasets, dict) or not datasets:
-            raise MixtureError("datasets must map dataset names to sizes (records)")
-        sizes = {str(k): parse_size(v, f"datasets.{k}") for k, v in datasets.items()}
-        overrides = data.get("overrides") or {}
-        if not isinstance(overrides, dict):
-            raise MixtureError(f"overrides must map dataset names to weights, got {overrides!r}")
-        draws = data.get("draws")
-        cfg = MixtureConfig(
-            sizes=sizes,
-            policy=str(data.get("policy", "size")),
-            overrides={str(k): v for k, v in overrides.items()},
-            draws=None if draws is None else parse_size(draws, "draws"),
-        )
-        cfg.weights()  # validate policy and overrides now, with the file name in the message
-    except MixtureError as e:
-        raise MixtureError(f"{path}: {e}") from None
-    return cfg
+        return load_yaml_model(MixtureConfig, path)
+    except ConfigError as e:
+        raise MixtureError(str(e)) from None
 
 
 def mixture_table(

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
 
+from vlm3.config import ConfigError, ConfigModel, read_yaml
 from vlm3.data.records import Record
 from vlm3.data.sampling import item_rng
 from vlm3.settings import ASK_FIELDS, Settings, validation_message
@@ -56,11 +56,7 @@ class BenchError(ValueError):
 # --- config -----------------------------------------------------------------------------------
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PrepareSource(_Strict):
+class PrepareSource(ConfigModel):
     """Data converted once with ``vlm3 prepare`` (``root`` relative to the config file)."""
 
     adapter: str = Field(min_length=1)
@@ -71,7 +67,7 @@ class PrepareSource(_Strict):
     split: str = "test"
 
 
-class SynthSource(_Strict):
+class SynthSource(ConfigModel):
     """Synthetic scenes rendered once (``vlm3.data.synth``)."""
 
     family: str = "fixed_rig"
@@ -82,7 +78,7 @@ class SynthSource(_Strict):
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
-class DataSource(_Strict):
+class DataSource(ConfigModel):
     """Exactly one of: a prepared folder, an adapter run, synthetic scenes."""
 
     records: str | None = Field(None, min_length=1)
@@ -96,12 +92,12 @@ class DataSource(_Strict):
         return self
 
 
-class Limits(_Strict):
+class Limits(ConfigModel):
     records: PositiveInt | None = None
     points: PositiveInt | None = None
 
 
-class BenchConfig(_Strict):
+class BenchConfig(ConfigModel):
     """A bench config file (see module doc)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -172,9 +168,9 @@ def load_bench(name_or_path: str | Path) -> Bench:
     """Read and check a bench config file (or a name in ``configs/bench``)."""
     path = find_bench(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise BenchError(f"{path}: invalid YAML ({e})") from None
+        raw = read_yaml(path)
+    except ConfigError as e:
+        raise BenchError(str(e)) from None
     return bench_from_dict(raw, path)
 
 
