@@ -343,7 +343,7 @@ def test_cli_no_resume_refuses_a_folder_with_checkpoints(tmp_path):
 PAPER = {
     "depth": (5.5e-5, 1344, 32, 32_000_000),
     "object": (3.5e-4, 640, 32, 1_000_000),
-    "corr": (2e-5, 2816, 64, 80_000_000),
+    "correspondence": (2e-5, 2816, 64, 80_000_000),
     "pose": (5e-5, 448, 32, 10_000_000),
 }
 DEPTH_WEIGHTS = {
@@ -365,7 +365,7 @@ def test_paper_configs_load_and_follow_the_recipe(task):
     assert t.max_steps == -(-samples // global_batch)  # the paper's sample budget
     assert (t.warmup_ratio, t.lr_scheduler_type, t.max_grad_norm) == (0.1, "cosine", 0.02)
     assert (d.focal, d.n_coords, d.unify) == (1000, 2000, True)
-    assert d.task == {"corr": "correspondence"}.get(task, task)
+    assert d.task == task
     assert all(e.path.startswith("data/prepared/") for e in d.datasets)
     text = (ROOT / "configs" / f"qwen3vl-4b-{task}.yaml").read_text()
     assert f"x {gpus} = {global_batch}" in text  # the batch split is documented

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from vlm3.settings import DEFAULT_FOCAL_PX, DEFAULT_N_COORDS
+from vlm3.tasks import task_names
 
 app = typer.Typer(
     name="vlm3",
@@ -40,7 +41,7 @@ def synth(
     family: str = typer.Option("fixed_rig", help="scene family: fixed_rig, random_rig or outdoor"),
     scenes: int = typer.Option(200, min=1, help="number of scenes (one record each)"),
     seed: int = typer.Option(0, min=0, help="scene i is seeded from (seed, i)"),
-    tasks: str = typer.Option("depth,pose,corr,object", help="comma-separated: depth, pose, corr, object"),
+    tasks: str = typer.Option(",".join(task_names()), help="comma-separated registered tasks (aliases such as corr work)"),
     points: int = typer.Option(10, min=0, help="depth points per record"),
     matches: int = typer.Option(20, min=0, help="correspondences per record"),
     workers: int = typer.Option(1, min=1, help="parallel worker processes (output is identical)"),

@@ -178,7 +178,7 @@ def predict_depth_command(
     meta: str | None = _META, focal: float | None = _FOCAL, n_coords: int | None = _NCOORDS,
     depth_type: str | None = typer.Option(None, "--depth-type", help="What the model answers: range or z (default: the model's, else range)."),
     batch_size: int | None = _BATCH,
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
+    max_new_tokens: int = typer.Option(DEPTH.max_new_tokens, "--max-new-tokens", min=1, help="Answer length cap."),
     device: str = _DEVICE,
 ) -> None:
     """Metric depth at pixels or on a grid, with a depth map and a coloured point cloud."""
@@ -219,7 +219,7 @@ def predict_pose_command(
     fx2: float | None = _FX2, fy2: float | None = typer.Option(None, "--fy2"), cx2: float | None = typer.Option(None, "--cx2"), cy2: float | None = typer.Option(None, "--cy2"),
     estimate_intrinsics: bool = _ESTIMATE, hfov: float = _HFOV,
     meta: str | None = _META, focal: float | None = _FOCAL,
-    max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1),
+    max_new_tokens: int = typer.Option(POSE.max_new_tokens, "--max-new-tokens", min=1, help="Answer length cap."),
     device: str = _DEVICE,
 ) -> None:
     """Relative camera pose T_cam2_from_cam1: R, t, yaw/pitch/roll, distance."""
@@ -251,7 +251,7 @@ def predict_match_command(
     estimate_intrinsics: bool = _ESTIMATE, hfov: float = _HFOV,
     meta: str | None = _META, focal: float | None = _FOCAL, n_coords: int | None = _NCOORDS,
     batch_size: int | None = _BATCH,
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
+    max_new_tokens: int = typer.Option(CORRESPONDENCE.max_new_tokens, "--max-new-tokens", min=1, help="Answer length cap."),
     device: str = _DEVICE,
 ) -> None:
     """Pixel correspondences: where each point of image 1 appears in image 2."""
@@ -288,7 +288,7 @@ def predict_object_command(
     fx: float | None = _FX, fy: float | None = _FY, cx: float | None = _CX, cy: float | None = _CY,
     estimate_intrinsics: bool = _ESTIMATE, hfov: float = _HFOV,
     meta: str | None = _META, focal: float | None = _FOCAL, n_coords: int | None = _NCOORDS,
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
+    max_new_tokens: int = typer.Option(OBJECT.max_new_tokens, "--max-new-tokens", min=1, help="Answer length cap."),
     device: str = _DEVICE,
 ) -> None:
     """Object-level 3D questions about boxed regions (relations, distances, sizes, directions)."""
