@@ -9,7 +9,6 @@ from PIL import Image
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from vlm3.models.hf import load_model_and_processor
-from vlm3.models.tiny import build_tiny_model
 from vlm3.tasks.depth import depth_messages
 from vlm3.train.collator import ChatMLCollator, is_chatml
 
@@ -26,8 +25,8 @@ def _examples(rng: np.random.Generator, n: int) -> list[dict]:
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
-def test_matches_trl_collator(tmp_path, family: str) -> None:
-    path = build_tiny_model(family, tmp_path / family)
+def test_matches_trl_collator(tiny_models, family: str) -> None:
+    path = tiny_models[family]
     _, processor = load_model_and_processor(path, dtype="float32")
     assert is_chatml(processor)
     examples = _examples(np.random.default_rng(0), 6)

@@ -13,8 +13,8 @@ from PIL import Image
 from vlm3.data.adapters import AdapterOptions, Rejection, get_adapter
 from vlm3.data.records import Record
 from vlm3.geometry.camera import backproject, convert_depth
+from conftest import IBIMS
 
-IBIMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ibims1"
 W, H = 40, 30
 # fx, fy, cx, cy as an OpenCV-style calibration (centre of the top-left pixel at (0, 0)).
 CALIB = (50.0, 52.0, 19.25, 14.75)

@@ -17,8 +17,8 @@ from vlm3.eval.run import EvalError, read_predictions, run_eval
 from vlm3.settings import SettingsError, model_settings_for, resolve_settings
 from support import serve_in_thread
 from vlm3.models.backend import Backend
+from conftest import IBIMS
 
-IBIMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ibims1"
 runner = CliRunner()
 
 

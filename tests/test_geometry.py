@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
+from conftest import IBIMS
 from vlm3.geometry import (
     Intrinsics,
     backproject,
@@ -31,7 +32,6 @@ from vlm3.geometry import (
     ypr_to_rotation,
 )
 
-IBIMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ibims1"
 
 intrinsics_st = st.builds(
     lambda fx, aspect, w, h, jx, jy: Intrinsics(fx, fx * aspect, w / 2 + jx, h / 2 + jy, w, h),

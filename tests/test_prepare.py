@@ -20,8 +20,8 @@ from vlm3.data.prepare import PrepareError, PrepareOptions, prepare, unified_ima
 from vlm3.data.records import Record
 from vlm3.data.adapters.base import REASONS
 from vlm3.data.validate import check_images, load_images, make_record
+from conftest import IBIMS
 
-IBIMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ibims1"
 needs_ibims = pytest.mark.skipif(not (IBIMS / "ibims1_val.jsonl").is_file(), reason="iBims-1 sample not available")
 runner = CliRunner()
 

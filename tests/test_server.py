@@ -21,16 +21,6 @@ MAX_PIXELS = 200 * 200
 MAX_BYTES = 300_000
 
 
-def tiny_backend(root):
-    """A tiny random Qwen2.5-VL whose answers depend on the input (weights redrawn with std 0.1)."""
-    from vlm3.models.local import LocalBackend
-    from vlm3.models.tiny import build_tiny_model, redraw_weights
-
-    backend = LocalBackend.from_pretrained(build_tiny_model("qwen2_5_vl", root / "m"), batch_size=8)
-    redraw_weights(backend.model, std=0.1)
-    return backend
-
-
 def image(seed: int, w: int = 84, h: int = 56) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
 
@@ -42,7 +32,7 @@ def data_url(img: Image.Image) -> str:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(answering_model):
     """(base URL, local backend) of a server running in a thread; stopped after the module."""
     import torch
 
@@ -50,7 +40,9 @@ def served(tmp_path_factory):
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny model: extra threads only spin on a shared machine
-    backend = tiny_backend(tmp_path_factory.mktemp("serve"))
+    from vlm3.models.local import LocalBackend
+
+    backend = LocalBackend.from_pretrained(answering_model, batch_size=8)
     app = create_app(
         backend, model_name="tiny", api_key=KEY, max_image_pixels=MAX_PIXELS, max_request_bytes=MAX_BYTES,
         max_concurrency=1, max_batch_size=8,

@@ -63,9 +63,8 @@ PLAIN_SCRIPT = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny_models")
-    return {family: build_tiny_model(family, root / family, seed=0) for family in FAMILIES}
+def built(tiny_models) -> dict[str, Path]:
+    return tiny_models
 
 
 @pytest.fixture(scope="module")

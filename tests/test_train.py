@@ -32,10 +32,8 @@ PATCH_MULTIPLE = 32  # Qwen3-VL: patch 16 x merge 2
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from vlm3.models.tiny import build_tiny_model
-
-    return build_tiny_model(FAMILY, tmp_path_factory.mktemp("model") / "tiny", seed=0)
+def tiny_model(tiny_models) -> Path:
+    return tiny_models[FAMILY]
 
 
 @pytest.fixture(scope="module")
