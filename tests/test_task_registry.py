@@ -205,6 +205,14 @@ def test_each_task_name_is_written_once(name):
     assert len(hits) == 1 and re.search(rf'name = "{name}"', hits[0]), hits
 
 
+def test_no_code_names_a_task_by_a_string():
+    # "depth" is also a record field and a file name in dataset layouts; as a task name it is
+    # written only in vlm3/tasks/depth.py. No line that mentions a task names one by a literal.
+    names = "depth|pose|correspondence|corr|object"
+    assert _grep(f"(task|Task).*[\"']({names})[\"']|[\"']({names})[\"'].*(task|Task)") == []
+    assert len(_grep('name = "depth"')) == 1
+
+
 def test_the_defaults_are_written_once():
     focal = _grep(r"focal.*\b1000(\.0)?\b|\b1000(\.0)?\b.*focal")
     assert len(focal) == 1 and focal[0].startswith("vlm3/settings.py") and "DEFAULT_FOCAL_PX = 1000.0" in focal[0], focal

@@ -25,22 +25,22 @@ class ModelConfig(ConfigModel):
     """Which VLM to fine-tune and how it sees images."""
 
     name_or_path: str = Field("", description="local folder or hub id, loaded with AutoModelForImageTextToText")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weights dtype when loading")
     attn_implementation: str | None = Field(None, description='e.g. "flash_attention_2" on GPUs')
     min_pixels: int | None = Field(None, description="processor pixel budget; None keeps the checkpoint's")
-    max_pixels: int | None = None
+    max_pixels: int | None = Field(None, description="processor pixel budget (upper); None keeps the checkpoint's")
     freeze_vision: bool = Field(False, description="keep the vision tower (and its merger) fixed")
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] | str = "all-linear"
+    lora: bool = Field(False, description="train LoRA adapters (peft) instead of every weight")
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(32, description="LoRA scaling alpha")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA path")
+    lora_target_modules: list[str] | str = Field("all-linear", description="modules that get adapters (peft syntax)")
 
 
 class DatasetEntry(ConfigModel):
     """One prepared dataset (a folder written by ``vlm3 prepare`` or ``vlm3 synth``)."""
 
-    path: str
+    path: str = Field(description="folder written by vlm3 prepare / vlm3 synth (relative to the config file)")
     name: str | None = Field(None, description="defaults to the manifest's dataset name")
     weight: float | None = Field(None, ge=0, description="explicit mixture weight (overrides the policy for this dataset)")
 
@@ -53,7 +53,7 @@ class DataConfig(Settings):
     task: str = Field(default_factory=lambda: task_names()[0], description="the task to train (a registered name or alias; default: the first registered)")
     datasets: list[DatasetEntry] = Field(default_factory=list, description="prepared dataset folders")
     mixture: str = Field("size", description="uniform | size | size^alpha | weights")
-    seed: int = 0
+    seed: int = Field(0, description="seeds the mixture plan and the per-sample label draws")
 
     @field_validator("task")
     @classmethod
@@ -71,29 +71,29 @@ class DataConfig(Settings):
 class TrainConfig(ConfigModel):
     """Optimisation and bookkeeping (maps onto TRL's SFTConfig)."""
 
-    output_dir: str = "runs/vlm3"
-    max_steps: int = 1000
+    output_dir: str = Field("runs/vlm3", description="checkpoints, the final model and logs")
+    max_steps: int = Field(1000, ge=1, description="optimizer steps (the schedule's length)")
     max_minutes: float | None = Field(None, description="stop after this much wall-clock training time")
     per_device_batch_size: int = Field(16, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     learning_rate: float = Field(5e-5, gt=0)
-    weight_decay: float = 0.0
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    lr_scheduler_type: str = "cosine"
-    max_grad_norm: float = 0.02
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    save_steps: int = 500
-    save_total_limit: int | None = 2
-    logging_steps: int = 10
+    lr_scheduler_type: str = Field("cosine", description="a transformers scheduler name")
+    max_grad_norm: float = Field(0.02, description="gradient clipping (the paper's 0.02)")
+    bf16: bool = Field(False, description="bfloat16 mixed precision (GPUs)")
+    gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
+    save_steps: int = Field(500, ge=1, description="checkpoint every this many steps (resume point)")
+    save_total_limit: int | None = Field(2, description="checkpoints kept; None keeps all")
+    logging_steps: int = Field(10, ge=1, description="log the loss every this many steps")
     eval_every_minutes: float | None = Field(None, description="periodic held-out evaluation by training time (benchmarks)")
     eval_every_steps: int | None = Field(None, description="... or by optimizer steps (reproducible)")
-    max_length: int | None = None
-    dataloader_num_workers: int = 0
-    report_to: list[str] | str = "none"
+    max_length: int | None = Field(None, description="token budget per sample (checked on probe samples before training starts)")
+    dataloader_num_workers: int = Field(0, ge=0, description="processes building samples")
+    report_to: list[str] | str = Field("none", description="transformers loggers, e.g. tensorboard, wandb")
     fsdp: str = Field("", description='transformers\' own FSDP switch ("full_shard auto_wrap" only); clusters leave it '
                       "empty and launch with an accelerate config: configs/accelerate/fsdp-hybrid.yaml")
-    seed: int = 0
+    seed: int = Field(0, description="model initialisation and dropout")
 
 
 class Config(ConfigModel):
