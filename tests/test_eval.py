@@ -320,3 +320,50 @@ def test_metrics_json_has_the_documented_keys(backend, cache, tmp_path):
     assert {"unify", "focal", "size_multiple", "n_coords", "depth_type"} <= set(doc["settings"])
     assert {"seconds", "queries", "computed", "cached", "backend_calls", "queries_per_s"} <= set(doc["run"])
     assert doc["bench"]["samples_hash"].startswith("sha256:") and doc["settings"]["focal"] == 140
+
+
+# --- a served vlm3 model is asked the way it was trained ------------------------------------------
+
+
+def test_http_eval_uses_the_settings_the_server_publishes(answering_model, cache, tmp_path):
+    """`vlm3 serve` publishes the checkpoint's vlm3.json in /v1/models; `vlm3 eval` over HTTP then
+    asks exactly what the local evaluation asks, with no extra flag but the API key."""
+    import shutil
+
+    from vlm3.models.local import LocalBackend
+    from vlm3.serve.server import create_app, published_settings
+
+    folder = tmp_path / "trained"
+    shutil.copytree(answering_model, folder)
+    # Not the bench's settings (focal 140, coordinates in [0, 2000)): a model trained otherwise.
+    (folder / "vlm3.json").write_text(json.dumps({"task": "depth", "unify": True, "focal": 120, "size_multiple": 28, "n_coords": 100}))
+    bench = synth_bench("depth", tmp_path)
+    args = ["--bench", str(bench.source), "--limit", "2", "--limit-points", "4", "--max-new-tokens", "4", "--cache", str(cache)]
+    local = runner.invoke(app, ["eval", "--model", str(folder), "--out", str(tmp_path / "local"), *args])
+    assert local.exit_code == 0, local.output
+
+    served_app = create_app(LocalBackend.from_pretrained(folder, batch_size=8), model_name="tiny", api_key="K", vlm3=published_settings(str(folder)))
+    with serve_in_thread(served_app, timeout=30) as url:
+        http = runner.invoke(app, ["eval", "--model", url, "--api-key", "K", "--out", str(tmp_path / "http"), *args])
+        wrong = runner.invoke(app, ["eval", "--model", url, "--api-key", "nope", "--out", str(tmp_path / "wrong"), *args])
+    assert http.exit_code == 0, http.output
+    assert preds(tmp_path / "http") == preds(tmp_path / "local")
+    docs = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("local", "http")]
+    assert docs[0]["metrics"] == docs[1]["metrics"] and docs[0]["settings"] == docs[1]["settings"]
+    assert (docs[1]["settings"]["focal"], docs[1]["settings"]["n_coords"]) == (120, 100)
+    assert docs[1]["settings_source"]["focal"] == "model" and docs[1]["model"]["settings_from"].endswith("/models")
+    assert wrong.exit_code == 1 and "invalid API key" in wrong.output and "Traceback" not in wrong.output
+    local_key = runner.invoke(app, ["eval", "--model", str(folder), "--api-key", "K", "--out", str(tmp_path / "x"), *args])
+    assert local_key.exit_code != 0 and "apply to http:// models only" in local_key.output
+
+
+@pytest.mark.parametrize("task", ["depth", "pose", "correspondence", "object"])
+def test_shipped_synthetic_bench_lists_match_their_data(task, cache):
+    """The versioned lists in configs/bench are checked against freshly rendered data: a change to
+    the scene families must come with new lists, never a stale one that refuses to run."""
+    from vlm3.eval.bench import load_records, resolve_data, sample_list_for
+
+    bench = load_bench(f"synth-{task}")
+    before = bench.samples_path.read_text()
+    samples = sample_list_for(bench, load_records(resolve_data(bench, cache, progress=False)))
+    assert samples.path == bench.samples_path and bench.samples_path.read_text() == before

@@ -293,3 +293,20 @@ def test_cli_errors_are_one_clean_line(stubbed, image_path, tmp_path, args, mess
     result = runner.invoke(app, ["predict", *args, "--model", "depth-stub"])
     assert result.exit_code == 1, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_predict_over_http_uses_the_served_settings_and_the_api_key(answering_model, image_path, tmp_path):
+    from support import serve_in_thread
+    from vlm3.models.local import LocalBackend
+    from vlm3.serve.server import create_app
+
+    published = {"task": "depth", "settings": Settings(focal=120.0, size_multiple=28, n_coords=100).model_dump(mode="json")}
+    served = create_app(LocalBackend.from_pretrained(answering_model, batch_size=8), model_name="tiny", api_key="K", vlm3=published)
+    with serve_in_thread(served, timeout=30) as url:
+        args = ["predict", "depth", str(image_path), "--model", url, "--fx", "100", "--points", "10,20", "--out", str(tmp_path / "o"), "--max-new-tokens", "4"]
+        ok = runner.invoke(app, [*args, "--api-key", "K"])
+        wrong = runner.invoke(app, [*args, "--api-key", "nope"])
+    assert ok.exit_code == 0, ok.output
+    doc = json.loads((tmp_path / "o" / "points.json").read_text())
+    assert (doc["settings"]["focal"], doc["settings"]["n_coords"]) == (120.0, 100) and doc["settings_from"].endswith("/models")
+    assert wrong.exit_code == 1 and "invalid API key" in wrong.output and "Traceback" not in wrong.output

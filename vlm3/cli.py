@@ -333,12 +333,19 @@ def eval_command(
     dtype: str | None = typer.Option(None, "--dtype", help="Local model dtype: float32, bfloat16, float16 or auto."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard predictions already in --out instead of resuming."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the figures."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="VLM3_API_KEY", help="HTTP models: sent as 'Authorization: Bearer KEY' (env VLM3_API_KEY)."),
+    served_model_name: str | None = typer.Option(None, "--served-model-name", help="HTTP models: the model name to request (default: the server's only model)."),
 ) -> None:
-    """Evaluate a model on a bench; resumable (re-run the same command to continue)."""
+    """Evaluate a model on a bench; resumable (re-run the same command to continue).
+
+    The model is asked the way it was trained: settings from its vlm3.json (a checkpoint folder, --meta, or what
+    `vlm3 serve` publishes in /v1/models), else the bench's, else the defaults.
+    """
     from rich.console import Console
 
     from vlm3.eval.bench import BenchError
     from vlm3.eval.run import EvalError, run_eval
+    from vlm3.models.backend import http_options
     from vlm3.tasks import get_task
 
     err = Console(stderr=True)
@@ -346,6 +353,7 @@ def eval_command(
         result = run_eval(
             model, bench, out, batch_size=batch_size, limit=limit, limit_points=limit_points, max_new_tokens=max_new_tokens,
             meta=meta, cache_dir=cache, overwrite=overwrite, device=device, dtype=dtype, plots=not no_plots,
+            backend_options=http_options(model, api_key=api_key, served_model_name=served_model_name),
         )
     except KeyboardInterrupt:
         err.print(f"interrupted: answers so far are kept in {out}/predictions.jsonl; re-run the same command to continue", highlight=False, soft_wrap=True)

@@ -133,10 +133,17 @@ def read_model_settings(folder_or_file: str | Path) -> ModelSettings | None:
         raw = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SettingsError(f"{path}: cannot read ({e})") from None
+    return model_settings_from(raw, str(path))
+
+
+def model_settings_from(raw: Any, where: str) -> ModelSettings:
+    """:class:`ModelSettings` from ``vlm3.json`` content, flat (as written) or ``{task, settings}``
+    (as ``vlm3 serve`` publishes it); fields an older vlm3 did not write take the defaults."""
     if not isinstance(raw, dict):
-        raise SettingsError(f"{path}: expected a JSON object with the model's task and settings")
-    known = {k: v for k, v in raw.items() if k in Settings.model_fields}
-    return ModelSettings(task=raw.get("task"), settings=make_settings(known, str(path)), path=str(path))
+        raise SettingsError(f"{where}: expected a JSON object with the model's task and settings")
+    values = raw["settings"] if isinstance(raw.get("settings"), dict) else raw
+    known = {k: v for k, v in values.items() if k in Settings.model_fields}
+    return ModelSettings(task=raw.get("task"), settings=make_settings(known, where), path=where)
 
 
 def model_settings_for(spec: str | None, meta: str | Path | None = None) -> ModelSettings | None:
@@ -154,3 +161,11 @@ def model_settings_for(spec: str | None, meta: str | Path | None = None) -> Mode
         return None
     folder = Path(parsed.target).expanduser()
     return read_model_settings(folder) if folder.is_dir() else None
+
+
+def served_settings(backend: Any) -> ModelSettings | None:
+    """The settings a server publishes for its model in ``GET /v1/models`` (``vlm3 serve`` does;
+    read by HTTP backends' ``served_settings()``), or None."""
+    published = getattr(backend, "served_settings", None)
+    raw = published() if callable(published) else None
+    return None if raw is None else model_settings_from(raw, f"{getattr(backend, 'name', 'server')}: /models")

@@ -34,7 +34,7 @@ from vlm3.ask import AskError, ask
 from vlm3.data.records import Record
 from vlm3.eval.bench import Bench, BenchError, default_cache, load_bench, load_records, resolve_data, sample_list_for
 from vlm3.models.backend import Backend, open_backend, spec_name
-from vlm3.settings import Settings, SettingsError, model_settings_for, resolve_settings
+from vlm3.settings import Settings, SettingsError, model_settings_for, resolve_settings, served_settings
 from vlm3.tasks.base import Task, get_task
 from vlm3.tasks.samples import build_sample, load_images
 
@@ -121,11 +121,14 @@ def run_eval(
     device: str = "cpu",
     dtype: str | None = None,
     plots: bool = True,
+    backend_options: dict[str, Any] | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` (a spec string or a :class:`Backend`) on ``bench``; write ``out``.
 
     ``limit`` keeps the first N records of the sample list, ``limit_points`` the first N labels
-    of each (both are uniform subsamples: the list is in seeded random order).
+    of each (both are uniform subsamples: the list is in seeded random order). The model's
+    settings come from ``meta``, its folder's ``vlm3.json``, or what its server publishes.
+    ``backend_options`` go to the backend (e.g. ``api_key``, ``model`` for HTTP).
     """
     for name, value in (("batch_size", batch_size), ("limit", limit), ("limit_points", limit_points), ("max_new_tokens", max_new_tokens)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -143,17 +146,17 @@ def run_eval(
     # A backend object made by from_pretrained is named after its folder: its vlm3.json counts too.
     spec = model if isinstance(model, str) else getattr(model, "name", None)
     task = get_task(bench.task)
+    backend = open_backend(model, batch_size, device=device, dtype=dtype, **(backend_options or {})) if isinstance(model, str) else model
+    if not isinstance(model, str) and batch_size is not None:
+        _set_batch_size(backend, batch_size)
     try:
-        trained = model_settings_for(spec or None, meta)
+        trained = model_settings_for(spec or None, meta) or served_settings(backend)
     except SettingsError as e:
         raise EvalError(str(e)) from None
     if trained is not None and trained.task not in (None, task.name):
         _warn(f"the model was trained for task {trained.task!r}; bench {bench.name!r} is {task.name!r}")
     settings, sources = resolve_settings(None if trained is None else trained.settings.model_dump(), bench.settings)
     max_new = max_new_tokens or bench.max_new_tokens or task.max_new_tokens
-    backend = open_backend(model, batch_size, device=device, dtype=dtype) if isinstance(model, str) else model
-    if not isinstance(model, str) and batch_size is not None:
-        _set_batch_size(backend, batch_size)
     model_name = spec_name(model) if isinstance(model, str) else (backend.name or type(backend).__name__)
 
     header = {

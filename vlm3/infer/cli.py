@@ -42,6 +42,8 @@ _FOCAL = typer.Option(None, "--focal", help=f"Unified focal length in pixels (de
 _NCOORDS = typer.Option(None, "--n-coords", help=f"Text coordinate range N (default: the model's, else {DEFAULT_N_COORDS}).")
 _BATCH = typer.Option(None, "--batch-size", min=1, help="Local: questions per batch; HTTP: requests in flight.")
 _DEVICE = typer.Option("cpu", "--device", help="torch device of a local model.")
+_API_KEY = typer.Option(None, "--api-key", envvar="VLM3_API_KEY", help="HTTP models: sent as 'Authorization: Bearer KEY' (env VLM3_API_KEY).")
+_SERVED = typer.Option(None, "--served-model-name", help="HTTP models: the model name to request (default: the server's only model).")
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -145,16 +147,21 @@ def parse_cli_box(value: str) -> tuple[float, float, float, float]:
     return x0, y0, x1, y1
 
 
-def open_for_predict(model: str, *, meta: str | None = None, batch_size: int | None = None, device: str = "cpu", dtype: str | None = None, **overrides: Any):
-    """(backend, settings, where the model's settings were read): the model's ``vlm3.json``, then
-    the command-line ``overrides`` (None = unset), then the defaults."""
+def open_for_predict(
+    model: str, *, meta: str | None = None, batch_size: int | None = None, device: str = "cpu", dtype: str | None = None,
+    api_key: str | None = None, served_model_name: str | None = None, **overrides: Any,
+):
+    """(backend, settings, where the model's settings were read): the model's ``vlm3.json`` (its
+    folder, ``meta``, or what its server publishes), then the command-line ``overrides`` (None =
+    unset), then the defaults."""
     from vlm3.infer.predict import predict_settings
     from vlm3.models import backend
-    from vlm3.settings import model_settings_for
+    from vlm3.settings import model_settings_for, served_settings
 
-    found = model_settings_for(model, meta)
+    opened = backend.open_backend(model, batch_size, device=device, dtype=dtype, **backend.http_options(model, api_key=api_key, served_model_name=served_model_name))
+    found = model_settings_for(model, meta) or served_settings(opened)
     settings = predict_settings(found.settings if found else None, **overrides)
-    return backend.open_backend(model, batch_size, device=device, dtype=dtype), settings, found.path if found else None
+    return opened, settings, found.path if found else None
 
 
 def _write_json(folder: str | None, name: str, doc: dict) -> None:
@@ -180,6 +187,7 @@ def predict_depth_command(
     batch_size: int | None = _BATCH,
     max_new_tokens: int = typer.Option(DEPTH.max_new_tokens, "--max-new-tokens", min=1, help="Answer length cap."),
     device: str = _DEVICE,
+    api_key: str | None = _API_KEY, served_model_name: str | None = _SERVED,
 ) -> None:
     """Metric depth at pixels or on a grid, with a depth map and a coloured point cloud."""
     from rich.progress import Progress
@@ -199,7 +207,7 @@ def predict_depth_command(
             raise ValueError(f"--depth-type {depth_type!r} must be range or z")
         if estimated:
             warn_estimated(err, K, hfov)
-        backend, settings, source = open_for_predict(model, meta=meta, batch_size=batch_size, device=device, focal=focal, n_coords=n_coords, depth_type=depth_type)
+        backend, settings, source = open_for_predict(model, meta=meta, api_key=api_key, served_model_name=served_model_name, batch_size=batch_size, device=device, focal=focal, n_coords=n_coords, depth_type=depth_type)
         with Progress(console=err, transient=True) as bar:
             job = bar.add_task("asking", total=None)
             pred = P.predict_depth(backend, img, K, points=pts, grid=grid, settings=settings, max_new_tokens=max_new_tokens,
@@ -221,6 +229,7 @@ def predict_pose_command(
     meta: str | None = _META, focal: float | None = _FOCAL,
     max_new_tokens: int = typer.Option(POSE.max_new_tokens, "--max-new-tokens", min=1, help="Answer length cap."),
     device: str = _DEVICE,
+    api_key: str | None = _API_KEY, served_model_name: str | None = _SERVED,
 ) -> None:
     """Relative camera pose T_cam2_from_cam1: R, t, yaw/pitch/roll, distance."""
     from vlm3.infer import predict as P
@@ -229,7 +238,7 @@ def predict_pose_command(
     with _one_line_errors(err):
         a, b = P.load_image(image1), P.load_image(image2)
         K1, K2, estimated = _pair_intrinsics(err, a, b, (fx, fy, cx, cy), (fx2, fy2, cx2, cy2), estimate_intrinsics, hfov)
-        backend, settings, _ = open_for_predict(model, meta=meta, device=device, focal=focal)
+        backend, settings, _ = open_for_predict(model, meta=meta, api_key=api_key, served_model_name=served_model_name, device=device, focal=focal)
         result = P.predict_pose(backend, a, b, K1, K2, settings, max_new_tokens=max_new_tokens)
         warn_processor(err, result.processor)
         doc = {"image1": image1, "image2": image2, "model": model, "intrinsics_estimated": estimated, **result.to_dict()}
@@ -253,6 +262,7 @@ def predict_match_command(
     batch_size: int | None = _BATCH,
     max_new_tokens: int = typer.Option(CORRESPONDENCE.max_new_tokens, "--max-new-tokens", min=1, help="Answer length cap."),
     device: str = _DEVICE,
+    api_key: str | None = _API_KEY, served_model_name: str | None = _SERVED,
 ) -> None:
     """Pixel correspondences: where each point of image 1 appears in image 2."""
     from vlm3.infer import predict as P
@@ -262,7 +272,7 @@ def predict_match_command(
         a, b = P.load_image(image1), P.load_image(image2)
         K1, K2, estimated = _pair_intrinsics(err, a, b, (fx, fy, cx, cy), (fx2, fy2, cx2, cy2), estimate_intrinsics, hfov)
         pts = P.from_cli_pixels(parse_cli_points(points))
-        backend, settings, _ = open_for_predict(model, meta=meta, batch_size=batch_size, device=device, focal=focal, n_coords=n_coords)
+        backend, settings, _ = open_for_predict(model, meta=meta, api_key=api_key, served_model_name=served_model_name, batch_size=batch_size, device=device, focal=focal, n_coords=n_coords)
         pred = P.predict_match(backend, a, b, pts, K1, K2, settings, max_new_tokens=max_new_tokens)
         warn_processor(err, pred.processor)
         rows = [{"x1": float(p[0]), "y1": float(p[1]), "x2": float(q[0]) if ok else None, "y2": float(q[1]) if ok else None, "raw": r, "parsed": bool(ok)}
@@ -290,6 +300,7 @@ def predict_object_command(
     meta: str | None = _META, focal: float | None = _FOCAL, n_coords: int | None = _NCOORDS,
     max_new_tokens: int = typer.Option(OBJECT.max_new_tokens, "--max-new-tokens", min=1, help="Answer length cap."),
     device: str = _DEVICE,
+    api_key: str | None = _API_KEY, served_model_name: str | None = _SERVED,
 ) -> None:
     """Object-level 3D questions about boxed regions (relations, distances, sizes, directions)."""
     from vlm3.infer import predict as P
@@ -305,7 +316,7 @@ def predict_object_command(
             P.ask_kind(ask)
         if estimated:
             warn_estimated(err, K, hfov)
-        backend, settings, _ = open_for_predict(model, meta=meta, device=device, focal=focal, n_coords=n_coords)
+        backend, settings, _ = open_for_predict(model, meta=meta, api_key=api_key, served_model_name=served_model_name, device=device, focal=focal, n_coords=n_coords)
         corner = [tuple(v + 0.5 for v in b) for b in boxes]  # OpenCV pixel centres -> corner-origin
         answers = P.predict_object(backend, img, K, corner, question=question, ask=ask, kind=kind, settings=settings, max_new_tokens=max_new_tokens)
         doc = {

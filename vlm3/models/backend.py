@@ -202,6 +202,15 @@ def _open_local(target: str, batch_size: int | None, device: str, dtype: str | N
 BACKENDS: dict[str, Callable[..., Backend]] = {"http": _open_http, "vllm": _open_vllm, "local": _open_local}
 
 
+def http_options(spec: str, *, api_key: str | None = None, served_model_name: str | None = None) -> dict[str, str]:
+    """Backend options of the ``--api-key`` / ``--served-model-name`` flags, which only HTTP models take."""
+    given = {k: v for k, v in (("api_key", api_key), ("model", served_model_name)) if v is not None}
+    if given and parse_spec(spec).kind != "http":
+        flags = " and ".join(f for f, v in (("--api-key", api_key), ("--served-model-name", served_model_name)) if v is not None)
+        raise ValueError(f"{flags} apply to http:// models only, not {spec!r}")
+    return given
+
+
 def open_backend(spec: str, batch_size: int | None = None, *, device: str = "cpu", dtype: str | None = None, **options: Any) -> Backend:
     """The backend of a model spec (see :func:`parse_spec`).
 

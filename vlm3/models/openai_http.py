@@ -165,6 +165,15 @@ class OpenAIBackend(Backend):
             choice.get("finish_reason"),
         )
 
+    def served_settings(self) -> dict[str, Any] | None:
+        """The model's ``vlm3.json`` as the server publishes it in ``GET /v1/models`` (``vlm3 serve``
+        does), or None when the server does not say."""
+        body = self._request("GET", "/models")
+        for entry in body.get("data", []) if isinstance(body, dict) else []:
+            if isinstance(entry, dict) and entry.get("id") == self.model and isinstance(entry.get("vlm3"), dict):
+                return entry["vlm3"]
+        return None
+
     def _only_model(self) -> str:
         body = self._request("GET", "/models")
         ids = [m.get("id") for m in body.get("data", []) if isinstance(m, dict)]

@@ -26,6 +26,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -176,8 +177,13 @@ def create_app(
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     max_concurrency: int = 1,
     max_batch_size: int = 8,
+    vlm3: dict[str, Any] | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving ``backend`` under the name ``model_name``."""
+    """The FastAPI app serving ``backend`` under the name ``model_name``.
+
+    ``vlm3`` (the checkpoint's ``vlm3.json``: task and settings) is published with the model in
+    ``GET /v1/models``, so clients ask questions the way the model was trained.
+    """
     for name, value in (("max_image_pixels", max_image_pixels), ("max_request_bytes", max_request_bytes),
                         ("max_concurrency", max_concurrency), ("max_batch_size", max_batch_size)):
         if not isinstance(value, int) or value < 1:
@@ -209,7 +215,8 @@ def create_app(
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "vlm3"}]}
+        entry = {"id": model_name, "object": "model", "created": created, "owned_by": "vlm3"}
+        return {"object": "list", "data": [{**entry, "vlm3": vlm3} if vlm3 is not None else entry]}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> JSONResponse:
@@ -344,6 +351,15 @@ def _decode_image(url: str, where: str, max_pixels: int):
     return image.convert("RGB")
 
 
+def published_settings(model: str) -> dict[str, Any] | None:
+    """What ``GET /v1/models`` publishes for a checkpoint folder: its ``vlm3.json`` as
+    ``{task, settings}``; None for a model that has none (a hub id, a model not trained by vlm3)."""
+    from vlm3.settings import read_model_settings
+
+    trained = read_model_settings(model) if Path(model).is_dir() else None
+    return None if trained is None else {"task": trained.task, "settings": trained.settings.model_dump(mode="json")}
+
+
 def serve(
     model: str,
     *,
@@ -372,8 +388,9 @@ def serve(
         max_request_bytes=max_request_bytes,
         max_concurrency=max_concurrency,
         max_batch_size=max_batch_size,
+        vlm3=published_settings(model),
     )
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
-__all__ = ["APIError", "Batcher", "ChatCompletionRequest", "create_app", "serve"]
+__all__ = ["APIError", "Batcher", "ChatCompletionRequest", "create_app", "published_settings", "serve"]
