@@ -95,7 +95,7 @@ def synth(
 @app.command("score")
 def score_command(
     task: str = typer.Argument(..., help="A registered task: depth, pose, correspondence (corr), object, ..."),
-    file: str = typer.Argument(..., help="JSONL file, one prediction/ground-truth pair per line (fields: vlm3 score --formats)."),
+    file: str = typer.Argument(..., help="JSONL file, one prediction/ground-truth pair per line (fields: the task's score_format, README)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     n_coords: int = typer.Option(DEFAULT_N_COORDS, "--n-coords", help="Range N of text coordinates (text answers that name pixels)."),
 ) -> None:
