@@ -256,9 +256,12 @@ def test_settings_come_from_the_model_then_the_bench_then_defaults(tmp_path):
     (tmp_path / "vlm3.json").write_text(json.dumps({"task": "depth", "unify": True, "focal": 140, "size_multiple": 28, "resize_to": None, "n_coords": 1000, "packing": "multi_turn", "answer_style": "short", "depth_type": "z"}))
     meta = model_settings_for(str(tmp_path))
     assert meta.path == str(tmp_path / "vlm3.json") and meta.task == "depth"
-    opts, sources = resolve_settings(meta.settings.model_dump(), {"focal": 1000, "depth_type": "range"})
+    opts, sources = resolve_settings(meta.stated(), {"focal": 1000, "depth_type": "range"})
     assert (opts.focal, opts.size_multiple, opts.n_coords, opts.depth_type) == (140, 28, 1000, "z")
     assert sources["focal"] == "model"
+    # A field the file does not state (an older vlm3.json has no prompt_version) is the bench's.
+    opts, sources = resolve_settings(meta.stated(), {"prompt_version": "bench-v"})
+    assert (opts.prompt_version, sources["prompt_version"], sources["focal"]) == ("bench-v", "bench", "model")
     opts, sources = resolve_settings(None, {"focal": 750})
     assert (opts.focal, opts.n_coords, opts.depth_type, sources["focal"], sources["n_coords"]) == (750, 2000, "range", "bench", "default")
     assert model_settings_for("http://127.0.0.1:1") is None

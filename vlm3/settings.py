@@ -108,6 +108,11 @@ class ModelSettings(BaseModel):
     task: str | None = None
     settings: Settings
     path: str | None = None  # where it was read
+    given: frozenset[str] = frozenset()  # the settings fields the file states (the rest are defaults)
+
+    def stated(self) -> dict[str, Any]:
+        """The settings fields the file states, so that evaluation falls back to the bench for the rest."""
+        return self.settings.model_dump(include=set(self.given))
 
 
 def write_model_settings(folder: str | Path, task: str, settings: Settings) -> Path:
@@ -143,7 +148,7 @@ def model_settings_from(raw: Any, where: str) -> ModelSettings:
         raise SettingsError(f"{where}: expected a JSON object with the model's task and settings")
     values = raw["settings"] if isinstance(raw.get("settings"), dict) else raw
     known = {k: v for k, v in values.items() if k in Settings.model_fields}
-    return ModelSettings(task=raw.get("task"), settings=make_settings(known, where), path=where)
+    return ModelSettings(task=raw.get("task"), settings=make_settings(known, where), path=where, given=frozenset(known))
 
 
 def model_settings_for(spec: str | None, meta: str | Path | None = None) -> ModelSettings | None:

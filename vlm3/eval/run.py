@@ -155,7 +155,7 @@ def run_eval(
         raise EvalError(str(e)) from None
     if trained is not None and trained.task not in (None, task.name):
         _warn(f"the model was trained for task {trained.task!r}; bench {bench.name!r} is {task.name!r}")
-    settings, sources = resolve_settings(None if trained is None else trained.settings.model_dump(), bench.settings)
+    settings, sources = resolve_settings(None if trained is None else trained.stated(), bench.settings)
     max_new = max_new_tokens or bench.max_new_tokens or task.max_new_tokens
     model_name = spec_name(model) if isinstance(model, str) else (backend.name or type(backend).__name__)
 
