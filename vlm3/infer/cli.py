@@ -16,13 +16,13 @@ from typing import Any
 
 import typer
 
+from vlm3.infer.predict import HFOV_GUESS_DEG
 from vlm3.settings import DEFAULT_FOCAL_PX, DEFAULT_N_COORDS
 from vlm3.tasks.correspondence import CORRESPONDENCE
 from vlm3.tasks.depth import DEPTH
 from vlm3.tasks.object3d import OBJECT
 from vlm3.tasks.pose import POSE
 
-HFOV_GUESS_DEG = 60.0  # = vlm3.infer.predict.HFOV_GUESS_DEG (not imported: keeps `vlm3 --help` light)
 
 predict_app = typer.Typer(
     help="Ask a model about your own images (outputs in the original image's pixels and camera frame).",
