@@ -170,3 +170,14 @@ def test_invalid_utf8(tmp_path: Path) -> None:
     path = tmp_path / "bin.jsonl"
     path.write_bytes(b"\xff\xfe\x00garbage")
     assert "cannot read as UTF-8" in score_error("depth", path)
+
+
+def test_score_help_lists_every_task_with_its_line_format():
+    from typer.testing import CliRunner
+
+    from vlm3.cli import app
+    from vlm3.tasks import get_task, task_names
+
+    text = " ".join(CliRunner().invoke(app, ["score", "--help"], env={"COLUMNS": "400"}).output.split())
+    for name in task_names():
+        assert f"{name}: {get_task(name).description}. Lines: {get_task(name).score_format}" in text

@@ -92,17 +92,25 @@ def synth(
 # --- score: metrics of pre-paired predictions from any model (vlm3.eval.score) --------------
 
 
-@app.command("score")
+def _score_formats() -> str:
+    """Every registered task with its description and the fields of its ``vlm3 score`` lines."""
+    from rich.markup import escape
+
+    from vlm3.tasks import get_task
+
+    return "\n\n".join(escape(f"{t.name}: {t.description}. Lines: {t.score_format}") for t in map(get_task, task_names()))
+
+
+@app.command("score", epilog=_score_formats())
 def score_command(
-    task: str = typer.Argument(..., help="A registered task: depth, pose, correspondence (corr), object, ..."),
-    file: str = typer.Argument(..., help="JSONL file, one prediction/ground-truth pair per line (fields: the task's score_format, README)."),
+    task: str = typer.Argument(..., help="A registered task (name or alias, e.g. corr); tasks and their line fields below."),
+    file: str = typer.Argument(..., help="JSONL file, one prediction/ground-truth pair per line."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     n_coords: int = typer.Option(DEFAULT_N_COORDS, "--n-coords", help="Range N of text coordinates (text answers that name pixels)."),
 ) -> None:
     """Score pre-paired predictions of any model, without running one.
 
     One JSON object per line; a string "pred" is raw model output and goes through the task's parser.
-    Each task's fields are in its class's score_format (vlm3.tasks), e.g. depth: {"pred": number | text | null, "gt": metres}.
     """
     from vlm3.eval.score import run
 
