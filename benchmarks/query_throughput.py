@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         reference += per_point([questions[i] for i in idx])
         t_point += time.perf_counter() - t0
         t0 = time.perf_counter()
-        many = backend.query_many([image], questions, n_new)
+        many = [c.text for c in backend.query_many([image], questions, n_new)]
         t_many += time.perf_counter() - t0
         first = many if first is None else first
         identical &= many == first

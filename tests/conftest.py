@@ -44,4 +44,6 @@ def answering_model(tmp_path_factory) -> Path:
     model, _ = load_model_and_processor(folder)
     redraw_weights(model, std=0.1)
     model.save_pretrained(folder)
+    # Asked the vlm3 way (profile only: every other setting comes from the bench under test).
+    (folder / "vlm3.json").write_text('{"profile": "vlm3"}\n')
     return folder

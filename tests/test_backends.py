@@ -79,11 +79,11 @@ def test_query_many_equals_one_generate_per_question(models, family):
     img = image(3, 112, 84)
     for system in (None, "You estimate metric depth."):
         expected = [backend.generate([single_turn([img], q, system)], max_new_tokens=10)[0] for q in QUESTIONS]
-        got = backend.query_many([img], QUESTIONS, max_new_tokens=10, system=system)
+        got = [c.text for c in backend.query_many([img], QUESTIONS, max_new_tokens=10, system=system)]
         assert backend.prefix_reuse.startswith("prefix:")
         assert got == expected
     assert len(set(got)) >= 12, f"answers should depend on the question, got {got}"
-    assert backend.query_many([image(4, 112, 84)], QUESTIONS, max_new_tokens=10) != got, "answers ignore the image"
+    assert [c.text for c in backend.query_many([image(4, 112, 84)], QUESTIONS, max_new_tokens=10)] != got, "answers ignore the image"
 
 
 def test_query_many_rows_ending_at_different_steps(models):
@@ -94,7 +94,8 @@ def test_query_many_rows_ending_at_different_steps(models):
     backend.eos_ids = list(range(0, len(backend.tokenizer), 9))
     try:
         completions = [backend.complete([single_turn([img], q)], max_new_tokens=10)[0] for q in QUESTIONS]
-        assert backend.query_many([img], QUESTIONS, max_new_tokens=10) == [c.text for c in completions]
+        # Text, token counts and finish reason: each row's own completion, however the batch ended.
+        assert backend.query_many([img], QUESTIONS, max_new_tokens=10) == completions
     finally:
         backend.eos_ids = saved
     assert len({c.completion_tokens for c in completions}) >= 3
@@ -105,7 +106,7 @@ def test_query_many_two_images_and_fallback(models):
     backend = models["qwen3_vl"]
     imgs = [image(5, 64, 96), image(6, 96, 64)]
     qs = [f"Given these two images, what pixel in the second image corresponds to pixel ({x}, 9) in the first image?" for x in (1, 22, 333, 1999)]
-    expected = [backend.generate([single_turn(imgs, q)], max_new_tokens=5)[0] for q in qs]
+    expected = [backend.complete([single_turn(imgs, q)], max_new_tokens=5)[0] for q in qs]
     assert backend.query_many(imgs, qs, max_new_tokens=5) == expected
     backend.reuse_prefix = False
     try:
@@ -116,6 +117,32 @@ def test_query_many_two_images_and_fallback(models):
     assert backend.query_many(imgs, [], max_new_tokens=5) == []
     with pytest.raises(TypeError, match="list of strings"):
         backend.query_many(imgs, "one question", max_new_tokens=5)
+
+
+@pytest.mark.parametrize("path", ["prefix", "batched"])
+def test_query_many_says_which_answers_hit_the_token_limit(models, path):
+    """finish_reason from query_many: "length" for an answer cut off at max_new_tokens, "stop" for
+    one that reached its end-of-turn token, on the prefix-sharing path and the batched fallback."""
+    backend = models["qwen2_5_vl"]
+    img = image(9, 84, 56)
+    saved = backend.eos_ids
+    backend.reuse_prefix = path == "prefix"
+    try:
+        cut = backend.query_many([img], QUESTIONS, max_new_tokens=1)
+        assert backend.prefix_reuse.startswith(f"{path}:")
+        assert [c.finish_reason for c in cut] == ["length"] * len(QUESTIONS)
+        assert {c.completion_tokens for c in cut} == {1}
+        # Every 9th token ends an answer: within 10 tokens some answers end, the others are cut off.
+        backend.eos_ids = list(range(0, len(backend.tokenizer), 9))
+        got = backend.query_many([img], QUESTIONS, max_new_tokens=10)
+        assert backend.prefix_reuse.startswith(f"{path}:")
+        expected = [backend.complete([single_turn([img], q)], max_new_tokens=10)[0] for q in QUESTIONS]
+    finally:
+        backend.eos_ids, backend.reuse_prefix = saved, True
+    assert got == expected
+    assert {c.finish_reason for c in got} == {"stop", "length"}
+    assert all(c.completion_tokens == 10 for c in got if c.finish_reason == "length")
+    assert any(c.finish_reason == "stop" and c.completion_tokens < 10 for c in got)
 
 
 def test_complete_reports_tokens_and_finish_reason(models):
@@ -267,7 +294,8 @@ def test_http_client_gives_up_with_the_server_message(stub_url):
         with OpenAIBackend(stub_url, model="m", backoff=0.01) as client:
             with pytest.raises(BackendError, match="400 after 1 attempt.*no such thing"):
                 client.generate([single_turn([], "bad")])
-            assert client.query_many([image(1, 8, 8)], ["a", "b", "c"]) == ["echo a", "echo b", "echo c"]
+            answers = client.query_many([image(1, 8, 8)], ["a", "b", "c"])
+            assert [(c.text, c.finish_reason) for c in answers] == [("echo a", "stop"), ("echo b", "stop"), ("echo c", "stop")]
     finally:
         _Stub.failures = 2
 

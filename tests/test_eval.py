@@ -129,7 +129,10 @@ def served(model_dir):
     from vlm3.models.local import LocalBackend
     from vlm3.serve.server import create_app
 
-    app_ = create_app(LocalBackend.from_pretrained(model_dir, batch_size=8), model_name="tiny", max_concurrency=1, max_batch_size=8)
+    from vlm3.serve.server import published_settings
+
+    backend = LocalBackend.from_pretrained(model_dir, batch_size=8)
+    app_ = create_app(backend, model_name="tiny", max_concurrency=1, max_batch_size=8, vlm3=published_settings(str(model_dir)))
     with serve_in_thread(app_, timeout=30) as url:
         yield url
 
@@ -159,7 +162,7 @@ def test_ibims_local_and_http_give_identical_predictions(model_dir, served, cach
 @pytest.mark.skipif(not IBIMS.is_dir(), reason="iBims-1 sample not present")
 def test_ibims_oracle_answers_score_perfectly(cache, tmp_path):
     bench = load_bench("ibims1")
-    result = run_eval(Oracle(bench, cache), bench, tmp_path / "o", limit=3, cache_dir=cache, progress=False, plots=False)
+    result = run_eval(Oracle(bench, cache), bench, tmp_path / "o", limit=3, cache_dir=cache, progress=False, plots=False, profile="vlm3")
     m = result.metrics["metrics"]
     assert m["n"] == 300 and m["failed"] == 0 and m["delta1"] == 1.0 and m["abs_rel"] < 0.002
 
@@ -283,7 +286,7 @@ def test_synthetic_bench_runs_for_each_task(task, backend, cache, tmp_path):
 
     # The bench's own answers, parsed back, must score (near) perfectly: labels, coordinates and
     # the mapping back to the original frames agree end to end.
-    oracle = run_eval(Oracle(bench, cache), bench, tmp_path / "oracle", limit=4, cache_dir=cache, progress=False, plots=False)
+    oracle = run_eval(Oracle(bench, cache), bench, tmp_path / "oracle", limit=4, cache_dir=cache, progress=False, plots=False, profile="vlm3")
     om = oracle.metrics["metrics"]
     assert om["failed"] == 0 and om["n"] > 0
     if task == "depth":
@@ -299,14 +302,14 @@ def test_synthetic_bench_runs_for_each_task(task, backend, cache, tmp_path):
 def test_malformed_answers_are_failures_not_crashes(cache, tmp_path):
     bench = synth_bench("depth", tmp_path)
     answers = ["", "<answer>", "1e999 m", "-3", "0", "(812, 430)", "about 2.5 meters", "\x00\ufffd", "1,234.5"]
-    result = run_eval(Scripted(answers), bench, tmp_path / "o", limit=3, limit_points=3, cache_dir=cache, progress=False)
+    result = run_eval(Scripted(answers), bench, tmp_path / "o", limit=3, limit_points=3, cache_dir=cache, progress=False, profile="vlm3")
     m = result.metrics["metrics"]
     assert m["n"] + m["skipped"] == 9 and m["failed"] >= 6 and m["parsed"] >= 2
     report = (tmp_path / "o" / "report.md").read_text()
     assert "Unparsed answers" in report
 
     pose = synth_bench("pose", tmp_path)
-    result = run_eval(Scripted(["Yaw=+1.0°, Pitch=nope", "(1, 2, 3) Yaw=1 Pitch=2 Roll=3"]), pose, tmp_path / "p", limit=2, cache_dir=cache, progress=False, plots=False)
+    result = run_eval(Scripted(["Yaw=+1.0°, Pitch=nope", "(1, 2, 3) Yaw=1 Pitch=2 Roll=3"]), pose, tmp_path / "p", limit=2, cache_dir=cache, progress=False, plots=False, profile="vlm3")
     assert result.metrics["metrics"]["parsed"] == 1 and result.metrics["metrics"]["failed"] == 1
 
 
@@ -358,6 +361,81 @@ def test_http_eval_uses_the_settings_the_server_publishes(answering_model, cache
     assert wrong.exit_code == 1 and "invalid API key" in wrong.output and "Traceback" not in wrong.output
     local_key = runner.invoke(app, ["eval", "--model", str(folder), "--api-key", "K", "--out", str(tmp_path / "x"), *args])
     assert local_key.exit_code != 0 and "apply to http:// models only" in local_key.output
+
+
+def oracle_server(oracle: Oracle, finish_reason: str):
+    """An OpenAI-compatible chat-completions app answering the bench's target answer to every
+    question (looked up by the decoded images and the text), with the given ``finish_reason``."""
+    import base64
+    import io
+
+    from fastapi import FastAPI
+    from PIL import Image
+
+    api = FastAPI()
+
+    @api.get("/v1/models")
+    def models() -> dict:
+        return {"object": "list", "data": [{"id": "oracle", "object": "model"}]}
+
+    @api.post("/v1/chat/completions")
+    def chat(body: dict) -> dict:
+        parts = body["messages"][-1]["content"]
+        images = [Image.open(io.BytesIO(base64.b64decode(p["image_url"]["url"].split(",", 1)[1]))).convert("RGB")
+                  for p in parts if p["type"] == "image_url"]
+        text = oracle.table[(oracle._key(images), parts[-1]["text"])]
+        return {"id": "x", "object": "chat.completion", "model": "oracle",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": body["max_tokens"], "total_tokens": 10 + body["max_tokens"]}}
+
+    return api
+
+
+@pytest.mark.parametrize("finish_reason", ["stop", "length"])
+def test_answers_cut_off_at_the_token_limit_are_truncated_failures(finish_reason, cache, tmp_path):
+    """A server that gives the right answer but says it hit the token limit ("length") scores no
+    answer: each is a failure counted as ``truncated`` in metrics.json, the report and the
+    predictions; the same answers with "stop" score perfectly."""
+    from vlm3.tasks.depth import parse_depth
+
+    bench = synth_bench("depth", tmp_path)
+    oracle = Oracle(bench, cache)
+    out = tmp_path / finish_reason
+    with serve_in_thread(oracle_server(oracle, finish_reason)) as url:
+        result = runner.invoke(app, ["eval", "--model", url, "--bench", str(bench.source), "--limit", "3", "--limit-points", "4",
+                                     "--cache", str(cache), "--out", str(out), "--no-plots", "--profile", "vlm3"])
+    assert result.exit_code == 0, result.output
+    m = json.loads((out / "metrics.json").read_text())["metrics"]
+    lines = [line for line in read_predictions(out / "predictions.jsonl").values() if "skipped" not in line]
+    n = len(lines)
+    assert n > 0 and m["n"] == n
+    # Every answer is the right one: only the finish reason differs between the two runs.
+    assert all(abs(parse_depth(line["raw"]) / line["gt"] - 1) < 0.01 for line in lines)
+    if finish_reason == "stop":
+        assert (m["failed"], m["truncated"], m["parsed"], m["delta1"]) == (0, 0, n, 1.0)
+        assert not any(line["truncated"] for line in lines)
+    else:
+        assert (m["failed"], m["truncated"], m["parsed"]) == (n, n, 0) and m["delta1"] == 0.0
+        assert all(line["truncated"] and line["pred"] is None and not line["parsed"] and line["raw"] for line in lines)
+        assert f"truncated={n}" in result.output
+        report = (out / "report.md").read_text()
+        assert f"{n} failed (counted wrong; {n} of them truncated at the token limit)" in report
+        assert "| truncated | " + str(n) + " |" in report and "(truncated at the token limit)" in report
+
+
+def test_truncated_answers_are_counted_per_dataset():
+    """metrics.json counts truncated answers overall and per dataset, inside ``failed``."""
+    from vlm3.eval.report import compute_metrics
+
+    def line(dataset: str, pred, truncated: bool | None) -> dict:
+        out = {"key": f"{dataset}-{pred}", "dataset": dataset, "pred": pred, "gt": 2.0, "parsed": pred is not None}
+        return out if truncated is None else {**out, "truncated": truncated}
+
+    lines = [line("a", 2.0, False), line("a", None, True), line("a", None, False), line("b", None, True), line("b", 2.0, None)]
+    m = compute_metrics("depth", lines)
+    assert (m["n"], m["failed"], m["truncated"]) == (5, 3, 2)
+    assert list(m).index("truncated") == list(m).index("failed") + 1
+    assert {d: (dm["failed"], dm["truncated"]) for d, dm in m["by_dataset"].items()} == {"a": (2, 1), "b": (1, 1)}
 
 
 @pytest.mark.parametrize("task", ["depth", "pose", "correspondence", "object"])

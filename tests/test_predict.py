@@ -17,7 +17,7 @@ from vlm3.infer import cli as C
 from vlm3.infer import predict as P
 from vlm3.geometry.camera import Intrinsics, project
 from vlm3.geometry.pose import make_T, ypr_to_rotation
-from vlm3.models.backend import Backend
+from vlm3.models.backend import Backend, Completion
 from vlm3.settings import Settings, write_model_settings
 from vlm3.textref import encode_pixels
 
@@ -112,7 +112,7 @@ def test_depth_grid_writes_png_and_a_ply_that_projects_back(image_path, tmp_path
 def test_depth_z_answers_and_points_outside_the_cropped_view(image_path):
     # size_multiple 28 rounds the unified width 168 down to 168 and the height 121.2 to 112: the
     # bottom rows leave the model's view and are reported, not asked.
-    opts = P.predict_settings(Settings(focal=140.0, depth_type="range"), size_multiple=28, depth_type="z", n_coords=None)
+    opts = Settings(focal=140.0, depth_type="range").with_values(size_multiple=28, depth_type="z")
     assert (opts.focal, opts.size_multiple, opts.depth_type, opts.n_coords) == (140.0, 28, "z", 2000)
     pts = np.array([[10.5, 10.5], [60.5, 88.5]])
     pred = P.predict_depth(DepthStub(), image_path, K, points=pts, settings=opts)
@@ -138,14 +138,15 @@ def test_tiny_model_answers_go_through_the_task_parsers(image_path, tmp_path):
     torch.set_num_threads(1)
     backend = LocalBackend.from_pretrained(build_tiny_model("qwen2_5_vl", tmp_path / "m"), batch_size=8)
     pred = P.predict_depth(backend, image_path, K, grid=30, settings=Settings(focal=140.0, size_multiple=28), max_new_tokens=4)
-    parsed = [parse_depth(r) is not None for r in pred.raw]
+    # An answer cut off at max_new_tokens is a failure whatever its start reads as.
+    parsed = [parse_depth(r) is not None and not cut for r, cut in zip(pred.raw, pred.truncated)]
     assert len(pred.raw) == 12 and pred.parsed.tolist() == parsed
     assert pred.valid.tolist() == [p and parse_depth(r) > 0 for p, r in zip(parsed, pred.raw)]
     assert pred.processor["images"][0]["size"] == [168, 112]  # 120x90 at fx 100, fy 104 -> focal 140, cropped to 28s
     doc = json.loads(P.write_depth_outputs(pred, image_path, tmp_path / "o")["points"].read_text())
     assert (doc["n"], doc["parsed"], doc["valid"]) == (12, sum(parsed), int(pred.valid.sum()))
     pose = P.predict_pose(backend, image_path, image_path, K, settings=Settings(focal=140.0), max_new_tokens=4)
-    assert pose.parsed == (parse_pose(pose.raw) is not None) and (pose.R is None) == (not pose.parsed)
+    assert pose.parsed == (not pose.truncated and parse_pose(pose.raw) is not None) and (pose.R is None) == (not pose.parsed)
 
 
 # --- pose, matches, objects ---------------------------------------------------------------------
@@ -235,7 +236,7 @@ def stubbed(monkeypatch):
 
 def test_cli_predict_depth_grid_and_points(stubbed, image_path, tmp_path):
     out = tmp_path / "grid"
-    result = runner.invoke(app, ["predict", "depth", str(image_path), "--model", "depth-stub", "--fx", "100", "--fy", "104", "--cx", "60.5", "--cy", "44", "--grid", "15", "--focal", "140", "--out", str(out)])
+    result = runner.invoke(app, ["predict", "depth", str(image_path), "--model", "depth-stub", "--profile", "vlm3", "--fx", "100", "--fy", "104", "--cx", "60.5", "--cy", "44", "--grid", "15", "--focal", "140", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} == {"points.json", "points.ply", "depth_map.png"}
     doc = json.loads((out / "points.json").read_text())
@@ -249,7 +250,7 @@ def test_cli_predict_depth_grid_and_points(stubbed, image_path, tmp_path):
 
     # Settings: the checkpoint's vlm3.json (--meta), then command-line overrides, then defaults.
     meta = write_model_settings(tmp_path / "ckpt", "depth", Settings(focal=150.0, n_coords=1000, depth_type="z"))
-    result = runner.invoke(app, ["predict", "depth", str(image_path), "--model", "depth-stub", "--estimate-intrinsics", "--points", "3,4 100,80", "--meta", str(meta.parent), "--n-coords", "500", "--out", str(tmp_path / "pts")])
+    result = runner.invoke(app, ["predict", "depth", str(image_path), "--model", "depth-stub", "--profile", "vlm3", "--estimate-intrinsics", "--points", "3,4 100,80", "--meta", str(meta.parent), "--n-coords", "500", "--out", str(tmp_path / "pts")])
     assert result.exit_code == 0, result.output
     assert "intrinsics guessed" in result.output and "60 degree" in result.output
     doc = json.loads((tmp_path / "pts" / "points.json").read_text())
@@ -258,20 +259,68 @@ def test_cli_predict_depth_grid_and_points(stubbed, image_path, tmp_path):
 
 
 def test_cli_predict_pose_match_object(stubbed, image_path, tmp_path):
-    result = runner.invoke(app, ["predict", "pose", str(image_path), str(image_path), "--model", "pose-stub", "--fx", "100", "--out", str(tmp_path)])
+    result = runner.invoke(app, ["predict", "pose", str(image_path), str(image_path), "--model", "pose-stub", "--profile", "vlm3", "--fx", "100", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "pose.json").read_text())
     assert doc["parsed"] and doc["distance_m"] == 1.0 and doc["direction"] == [0.0, 0.0, 1.0] and doc["yaw_deg"] == 0.0
 
-    result = runner.invoke(app, ["predict", "corr", str(image_path), str(image_path), "--model", "echo-stub", "--fx", "100", "--points", "10,20", "--points", "50,60", "--out", str(tmp_path)])
+    result = runner.invoke(app, ["predict", "corr", str(image_path), str(image_path), "--model", "echo-stub", "--profile", "vlm3", "--fx", "100", "--points", "10,20", "--points", "50,60", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     matches = json.loads((tmp_path / "matches.json").read_text())["matches"]
     assert [(round(m["x2"]), round(m["y2"])) for m in matches] == [(10, 20), (50, 60)] and (tmp_path / "matches.png").is_file()
 
-    result = runner.invoke(app, ["predict", "object", str(image_path), "--model", "object-stub", "--fx", "100", "--box", "0,0,50,40", "--box", "60,40,119,89", "--ask", "behind"])
+    result = runner.invoke(app, ["predict", "object", str(image_path), "--model", "object-stub", "--profile", "vlm3", "--fx", "100", "--box", "0,0,50,40", "--box", "60,40,119,89", "--ask", "behind"])
     assert result.exit_code == 0, result.output
     answer = json.loads(result.stdout)["answers"][0]
     assert answer["value"] is False and answer["boxes"] == ["A", "B"] and answer["kind"] == "qualitative"
+
+
+class CutOff(Backend):
+    """Another stub's answers, those to questions about text x < 1000 (or about no pixel) cut off
+    at the token limit (finish_reason "length")."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner, self.name = inner, f"cut-{inner.name}"
+
+    def generate(self, requests, max_new_tokens=64):
+        return [c.text for c in self.complete(requests, max_new_tokens)]
+
+    def complete(self, requests, max_new_tokens=64):
+        out = []
+        for r, text in zip(requests, self.inner.generate(requests, max_new_tokens)):
+            point = re.search(r"\((\d+), \d+\)", question_text(r))
+            cut = point is None or int(point.group(1)) < 1000
+            out.append(Completion(text, finish_reason="length" if cut else "stop"))
+        return out
+
+
+def test_cli_predict_reports_answers_cut_off_at_the_token_limit(monkeypatch, image_path, tmp_path):
+    """A truncated answer is a failure with its reason in the files and on the terminal, even
+    when its text would parse; an answer that ended but did not parse says so instead."""
+    from vlm3.ask import TRUNCATED, UNPARSED
+    from vlm3.tasks.pose import pose_answer
+
+    stubs = {"cut-depth": CutOff(DepthStub()), "cut-pose": CutOff(Fixed(pose_answer(make_T(np.eye(3), [0.0, 0.0, -1.0]), True)))}
+    monkeypatch.setattr("vlm3.models.backend.open_backend", lambda spec, *a, **k: stubs[spec])
+    result = runner.invoke(app, ["predict", "depth", str(image_path), "--model", "cut-depth", "--profile", "vlm3", "--fx", "100", "--points", "3,4 100,80", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "d" / "points.json").read_text())
+    cut, whole = doc["points"]
+    assert cut["failure"] == TRUNCATED and not cut["parsed"] and cut["depth_m"] is None and float(cut["raw"]) > 0
+    assert whole["failure"] is None and whole["parsed"] and whole["depth_m"] > 0
+    assert (doc["n"], doc["parsed"], doc["valid"], doc["truncated"]) == (2, 1, 1, 1)
+    assert f"1 of 2 depths failed: {TRUNCATED}" in result.output and "1 of 2 depths parsed" in result.output
+
+    result = runner.invoke(app, ["predict", "pose", str(image_path), str(image_path), "--model", "cut-pose", "--profile", "vlm3", "--fx", "100", "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "p" / "pose.json").read_text())
+    assert not doc["parsed"] and doc["failure"] == TRUNCATED and doc["R"] is None and "Yaw" in doc["raw"]
+    assert f"failed: {TRUNCATED}" in result.output
+
+    failed = P.predict_pose(Fixed("no idea"), image_path, image_path, K, settings=Settings(focal=140.0))
+    assert failed.failure == UNPARSED and not failed.truncated
+    cut_match = P.predict_match(CutOff(EchoStub()), image_path, image_path, [[3.5, 4.5], [100.5, 80.5]], K, settings=Settings(**SETTINGS))
+    assert cut_match.failures == [TRUNCATED, None] and cut_match.parsed.tolist() == [False, True]
 
 
 @pytest.mark.parametrize(
@@ -290,7 +339,7 @@ def test_cli_predict_pose_match_object(stubbed, image_path, tmp_path):
 )
 def test_cli_errors_are_one_clean_line(stubbed, image_path, tmp_path, args, message):
     args = [a.format(img=image_path, out=tmp_path) for a in args]
-    result = runner.invoke(app, ["predict", *args, "--model", "depth-stub"])
+    result = runner.invoke(app, ["predict", *args, "--model", "depth-stub", "--profile", "vlm3"])
     assert result.exit_code == 1, result.output
     assert message in result.output and "Traceback" not in result.output
 

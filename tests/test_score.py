@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from vlm3.cli import app
 from vlm3.geometry.pose import make_T, t_from_center, ypr_to_rotation
 from vlm3.tasks.correspondence import correspondence_answer
 from vlm3.tasks.depth import depth_answer, depth_metrics
-from vlm3.tasks.pose import pose_answer
+from vlm3.tasks.pose import PosePrediction, pose_answer, pose_metrics
 from vlm3.textref import decode_pixel, encode_pixel
 
 runner = CliRunner()
@@ -113,6 +114,47 @@ def test_corr_n_coords(tmp_path: Path) -> None:
     rows = [{"pred": "(500, 500)", "gt": [50, 50], "width": 100, "height": 100}]
     assert score_json("corr", write_jsonl(tmp_path / "c.jsonl", rows), "--n-coords", "1000")["epe"] == 0.0
     assert score_json("corr", write_jsonl(tmp_path / "c.jsonl", rows))["epe"] == pytest.approx(25 * 2**0.5)
+
+
+def test_pose_pair_order(tmp_path: Path) -> None:
+    R1, t1 = _pose(20, [1.0, 0.0, 2.0])
+    R2, t2 = _pose(-40, [0.0, 1.0, 1.0])
+    noisy = ypr_to_rotation(6, -4, 2).T
+    preds = [PosePrediction(noisy @ R1, t1 + [0.6, -0.4, 0.0]), PosePrediction(R2 @ noisy, t2 + [0.0, 0.8, 0.2])]
+    rows = [{"pred": {"R": p.R.tolist(), "t": p.t.tolist()}, "R_gt": R.tolist(), "t_gt": t.tolist()} for p, R, t in zip(preds, [R1, R2], [t1, t2])]
+    path = write_jsonl(tmp_path / "pose.jsonl", rows)
+    default = score_json("pose", path)
+    vggt = score_json("pose", path, "--pair-order", "cam1_from_cam2")
+    assert default["pair_order"] == "cam2_from_cam1" and vggt["pair_order"] == "cam1_from_cam2"
+    assert score_json("pose", path, "--pair-order", "cam2_from_cam1") == default
+    for order, out in (("cam2_from_cam1", default), ("cam1_from_cam2", vggt)):
+        expected = pose_metrics(preds, [R1, R2], [t1, t2], pair_order=order)
+        assert {k: out[k] for k in expected} == pytest.approx(expected)
+    assert default["rra30"] == vggt["rra30"] and default["auc30"] != vggt["auc30"]
+    result = runner.invoke(app, ["score", "pose", str(path), "--pair-order", "cam2_to_cam1"])
+    assert result.exit_code == 1 and "--pair-order must be one of cam2_from_cam1, cam1_from_cam2" in result.stderr
+    result = runner.invoke(app, ["score", "corr", str(path), "--pair-order", "cam1_from_cam2"])
+    assert result.exit_code == 1 and "not a scoring option of task 'correspondence'" in result.stderr
+
+
+def test_corr_epe_norm(tmp_path: Path) -> None:
+    width, height = 640, 480
+    rows = [
+        {"pred": "(500, 520)", "gt": [150.0, 120.0], "width": width, "height": height},  # decodes to (160, 124.8)
+        {"pred": [103.0, 204.0], "gt": [100.0, 200.0], "width": width, "height": height},
+        {"pred": None, "gt": [1.0, 1.0]},
+    ]
+    out = score_json("corr", write_jsonl(tmp_path / "c.jsonl", rows), "--n-coords", "2000")
+    norm = [math.hypot(10 * 2000 / width, 4.8 * 2000 / height), math.hypot(3 * 2000 / width, 4 * 2000 / height)]
+    assert out["n_coords"] == 2000 and out["epe_norm"] == pytest.approx(sum(norm) / 2)
+    assert out["epe"] == pytest.approx((math.hypot(10, 4.8) + 5) / 2)
+    # A parsed pixel answer without the image size has no text-unit error.
+    rows[1] = {"pred": [103.0, 204.0], "gt": [100.0, 200.0]}
+    out = score_json("corr", write_jsonl(tmp_path / "c.jsonl", rows))
+    assert out["epe_norm"] is None and out["epe"] == pytest.approx((math.hypot(10, 4.8) + 5) / 2)
+    rows[1] = {"pred": [103.0, 204.0], "gt": [100.0, 200.0], "width": width}
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    assert 'c.jsonl:2: give both "width" and "height"' in score_error("corr", path)
 
 
 def test_object(tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ class Brightness(Task):
         found = re.findall(r"\d+", extract_answer(raw))
         return int(found[-1]) if found and int(found[-1]) <= 255 else None
 
-    def metrics(self, lines):
+    def metrics(self, lines, options=None):
         ok = [line["pred"] is not None and abs(line["pred"] - line["gt"]) <= 10 for line in lines]
         parsed = sum(line["pred"] is not None for line in lines)
         return {"n": len(lines), "parsed": parsed, "failed": len(lines) - parsed, "within10": sum(ok) / len(lines)}

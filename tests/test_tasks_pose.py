@@ -13,11 +13,14 @@ from scipy.spatial.transform import Rotation
 from vlm3.geometry.pose import make_T, rotation_angle_deg, t_from_center, ypr_to_rotation
 from support import message_text
 from vlm3.tasks.pose import (
+    PAIR_ORDERS,
+    POSE,
     PosePrediction,
     direction_answer,
     distance_answer,
     motion_words,
     pair_errors,
+    pair_in_order,
     parse_direction,
     parse_distance,
     parse_pose,
@@ -277,3 +280,110 @@ def test_metrics_input_errors() -> None:
         pose_metrics([None], np.zeros((2, 3, 3)), np.zeros((2, 3)))
     bad = PosePrediction(np.full((3, 3), np.nan), np.ones(3))
     assert pair_errors(bad, np.eye(3), np.ones(3)) == (180.0, 180.0, 180.0)
+
+
+# --- pair order: vlm3's T_cam2_from_cam1 and VGGT's T_cam1_from_cam2 --------------------------------
+
+
+def _world_pose(rotvec: list[float], t: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """A camera-from-world pose (R, t) from a rotation vector in radians."""
+    return Rotation.from_rotvec(rotvec).as_matrix(), np.asarray(t, dtype=np.float64)
+
+
+def _sign_free_angle(u: np.ndarray, v: np.ndarray) -> float:
+    return math.degrees(math.acos(min(1.0, abs(float(u @ v)) / (np.linalg.norm(u) * np.linalg.norm(v)))))
+
+
+def test_pair_orders_differ_on_a_noisy_pair_as_the_closed_form_says() -> None:
+    # Ground truth and a noisy prediction as camera-from-world poses of cameras 1 and 2.
+    R1, t1 = _world_pose([0.1, -0.2, 0.05], [0.3, -0.1, 1.0])
+    R2, t2 = _world_pose([0.0, 0.6, 0.1], [-1.2, 0.2, 0.8])
+    R2p, t2p = _world_pose([0.15, 0.95, -0.1], [-1.0, 0.5, 1.1])  # camera 2 ~20 deg and ~0.4 m off
+    C1, C2, C2p = -R1.T @ t1, -R2.T @ t2, -R2p.T @ t2p  # camera centres in the world
+
+    # Independent closed form: the translation of T_b_from_a is a's centre in camera b's frame.
+    trans_21 = _sign_free_angle(R2p @ C1 + t2p, R2 @ C1 + t2)  # T_cam2_from_cam1: camera 1's centre in camera 2
+    trans_12 = _sign_free_angle(R1 @ C2p + t1, R1 @ C2 + t1)  # T_cam1_from_cam2: camera 2's centre in camera 1
+    rot = math.degrees(Rotation.from_matrix((R2 @ R1.T).T @ (R2p @ R1.T)).magnitude())
+
+    gt, pred = make_T(R2, t2) @ np.linalg.inv(make_T(R1, t1)), make_T(R2p, t2p) @ np.linalg.inv(make_T(R1, t1))
+    p = PosePrediction(pred[:3, :3], pred[:3, 3])
+    ours = pair_errors(p, gt[:3, :3], gt[:3, 3])
+    vggt = pair_errors(p, gt[:3, :3], gt[:3, 3], pair_order="cam1_from_cam2")
+    assert ours[0] == pytest.approx(rot, abs=1e-6) and vggt[0] == pytest.approx(rot, abs=1e-6)  # rotation: same in both
+    assert ours[1] == pytest.approx(trans_21, abs=1e-6)
+    assert vggt[1] == pytest.approx(trans_12, abs=1e-6)
+    assert abs(ours[1] - vggt[1]) > 10  # the orders disagree by more than 10 degrees here
+
+    # pair_in_order is the inverse transform; both orders are named in the metrics.
+    R, t = pair_in_order(gt[:3, :3], gt[:3, 3], "cam1_from_cam2")
+    assert make_T(R, t) == pytest.approx(np.linalg.inv(gt))
+    line = {"pred": {"R": pred[:3, :3].tolist(), "t": pred[:3, 3].tolist(), "distance": None}, "gt": {"R": gt[:3, :3].tolist(), "t": gt[:3, 3].tolist()}}
+    assert POSE.metrics([line])["pair_order"] == "cam2_from_cam1"
+    m = POSE.metrics([line], options={"pair_order": "cam1_from_cam2"})
+    assert m["pair_order"] == "cam1_from_cam2" and m["rta30"] == float(vggt[1] < 30)
+    assert set(PAIR_ORDERS) == {"cam2_from_cam1", "cam1_from_cam2"}
+    with pytest.raises(ValueError, match="cam1_from_cam2"):
+        pose_metrics([p], [gt[:3, :3]], [gt[:3, 3]], pair_order="cam2_to_cam1")
+
+
+# VGGT's relative pose error, ported to NumPy from facebookresearch/vggt evaluation/test_co3d.py
+# (the same functions are in evaluation/test_relpose.py): build_pair_index, closed_form_inverse_se3
+# (vggt/utils/geometry.py), rotation_angle, compare_translation_by_angle, translation_angle and
+# se3_to_relative_pose_error. Poses are world-to-camera (camera-from-world) 4x4 matrices.
+
+
+def _vggt_closed_form_inverse_se3(se3: np.ndarray) -> np.ndarray:
+    R, T = se3[:, :3, :3], se3[:, :3, 3:]
+    out = np.tile(np.eye(4), (len(R), 1, 1))
+    out[:, :3, :3] = np.transpose(R, (0, 2, 1))
+    out[:, :3, 3:] = -np.matmul(np.transpose(R, (0, 2, 1)), T)
+    return out
+
+
+def _vggt_relative_pose_errors(pred_se3: np.ndarray, gt_se3: np.ndarray, eps: float = 1e-15) -> tuple[np.ndarray, np.ndarray]:
+    i1, i2 = np.triu_indices(len(gt_se3), 1)  # torch.combinations(arange(N), 2): (0,1), (0,2), ..., (1,2), ...
+    rel_gt = gt_se3[i1] @ _vggt_closed_form_inverse_se3(gt_se3[i2])
+    rel_pred = pred_se3[i1] @ _vggt_closed_form_inverse_se3(pred_se3[i2])
+    q_pred = Rotation.from_matrix(rel_pred[:, :3, :3]).as_quat()
+    q_gt = Rotation.from_matrix(rel_gt[:, :3, :3]).as_quat()
+    loss_q = np.maximum(1 - np.sum(q_pred * q_gt, axis=1) ** 2, eps)
+    r_err = np.degrees(np.arccos(1 - 2 * loss_q))
+    t, t_gt = rel_pred[:, :3, 3], rel_gt[:, :3, 3]
+    t = t / (np.linalg.norm(t, axis=1, keepdims=True) + eps)
+    t_gt = t_gt / (np.linalg.norm(t_gt, axis=1, keepdims=True) + eps)
+    loss_t = np.maximum(1.0 - np.sum(t * t_gt, axis=1) ** 2, eps)
+    t_err = np.degrees(np.arccos(np.sqrt(1 - loss_t)))
+    t_err = np.minimum(t_err, np.abs(180 - t_err))
+    return r_err, t_err
+
+
+def test_cam1_from_cam2_is_what_vggt_evaluation_computes() -> None:
+    rng = np.random.default_rng(7)
+    n_frames = 5
+    gt_se3 = np.stack([make_T(Rotation.random(random_state=int(s)).as_matrix(), rng.normal(size=3)) for s in rng.integers(1 << 30, size=n_frames)])
+    pred_se3 = gt_se3.copy()
+    for k in range(n_frames):
+        noise = Rotation.from_rotvec(rng.normal(size=3) * math.radians(8)).as_matrix()
+        pred_se3[k] = make_T(noise @ gt_se3[k, :3, :3], gt_se3[k, :3, 3] + rng.normal(size=3) * 0.3)
+    r_vggt, t_vggt = _vggt_relative_pose_errors(pred_se3, gt_se3)
+
+    # vlm3 lines carry T_cam2_from_cam1 with camera 1 = VGGT's frame i1 and camera 2 = frame i2.
+    i1, i2 = np.triu_indices(n_frames, 1)
+    preds, R_gt, t_gt = [], [], []
+    for a, b in zip(i1, i2):
+        gt = gt_se3[b] @ np.linalg.inv(gt_se3[a])
+        pred = pred_se3[b] @ np.linalg.inv(pred_se3[a])
+        preds.append(PosePrediction(pred[:3, :3], pred[:3, 3]))
+        R_gt.append(gt[:3, :3])
+        t_gt.append(gt[:3, 3])
+    vggt_order = np.array([pair_errors(p, R, t, pair_order="cam1_from_cam2") for p, R, t in zip(preds, R_gt, t_gt)])
+    assert vggt_order[:, 0] == pytest.approx(r_vggt, abs=1e-4)
+    assert vggt_order[:, 1] == pytest.approx(t_vggt, abs=1e-4)
+    default_order = np.array([pair_errors(p, R, t) for p, R, t in zip(preds, R_gt, t_gt)])
+    assert default_order[:, 0] == pytest.approx(r_vggt, abs=1e-4)
+    assert np.max(np.abs(default_order[:, 1] - t_vggt)) > 1.0  # vlm3's default order is not VGGT's
+
+    m = pose_metrics(preds, R_gt, t_gt, pair_order="cam1_from_cam2")
+    for tau in (30, 15, 5, 3):
+        assert m[f"auc{tau}"] == pytest.approx(calculate_auc_np(r_vggt, t_vggt, tau)[0])

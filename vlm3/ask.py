@@ -4,6 +4,11 @@
 backend encodes the images once and shares their KV cache) and reads every answer with the
 task's parser into a typed prediction in the original image frame. A malformed or missing answer
 is a counted failure (``parsed`` False, ``pred`` None), never an exception.
+
+An answer cut off by the token limit (the backend's ``finish_reason`` is ``"length"``), or one
+without the ``require``-d closing text, is ``truncated``: a counted failure too, never parsed
+into a value, since the start of a cut-off answer (``"3"`` of ``"3.75"``) can read as a
+plausible but wrong number.
 """
 
 from __future__ import annotations
@@ -12,9 +17,16 @@ from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
-from vlm3.models.backend import Backend
+from vlm3.models.backend import Backend, single_turn, Completion
+from vlm3.profiles import max_new_tokens_for, task_profile
 from vlm3.tasks.base import Query, get_task
 from vlm3.tasks.samples import Sample
+
+
+#: Why a truncated answer failed (``Answer.failure``; ``vlm3 predict`` prints and saves it).
+TRUNCATED = "truncated at the token limit"
+#: Why an answer that ended but could not be read failed.
+UNPARSED = "the answer did not parse"
 
 
 class AskError(RuntimeError):
@@ -23,15 +35,27 @@ class AskError(RuntimeError):
 
 @dataclass
 class Answer:
-    """One answered query: the raw text and the typed prediction (None when it could not be read)."""
+    """One answered query: the raw text and the typed prediction (None when it could not be read).
+
+    ``truncated``: the answer was cut off by the token limit (or lacks the required closing
+    text); it is then a failure (``pred`` None) whatever its start would parse to.
+    """
 
     query: Query
     raw: str
     pred: Any
+    truncated: bool = False
 
     @property
     def parsed(self) -> bool:
         return self.pred is not None
+
+    @property
+    def failure(self) -> str | None:
+        """Why the answer is a failure (:data:`TRUNCATED` or :data:`UNPARSED`), None when it parsed."""
+        if self.truncated:
+            return TRUNCATED
+        return None if self.parsed else UNPARSED
 
     def line(self, sample: Sample) -> dict[str, Any]:
         """The prediction line (``predictions.jsonl``) of this answer."""
@@ -45,6 +69,7 @@ class Answer:
             "question": q.question,
             "raw": self.raw,
             "parsed": self.parsed,
+            "truncated": self.truncated,
             "pred": self.pred,
             "gt": q.gt,
             **q.fields,
@@ -58,24 +83,62 @@ def ask(
     max_new_tokens: int | None = None,
     skip: Container[int | None] = (),
     queries: list[Query] | None = None,
+    require: str | None = None,
 ) -> list[Answer]:
     """Ask ``sample``'s queries (or ``queries`` about its images), except labels in ``skip``.
 
-    ``max_new_tokens`` defaults to the task's limit. Answers come back in query order.
+    How is decided by the sample's prompt profile (``sample.settings.profile``, ``vlm3.profiles``):
+    ``max_new_tokens`` defaults to its limit for the task, ``require`` to the text its complete
+    answers contain (e.g. ``"</answer>"``). Answers come back in query order. An answer whose
+    ``finish_reason`` is ``"length"`` (it hit ``max_new_tokens``) or that lacks ``require`` is
+    ``truncated``: a failure with ``pred`` None, never parsed.
+
+    Questions about the sample's images go to the backend in one ``query_many`` call (the image
+    work is shared); a query with its own ``images`` (a marker drawn on them) is asked alone, and
+    a query of several ``parts`` is asked part by part, its answers joined with newlines.
     """
     task = get_task(sample.task)
     pending = [q for q in (sample.queries if queries is None else queries) if q.label not in skip]
     if not pending:
         return []
-    raws = backend.query_many(sample.images, [q.question for q in pending], max_new_tokens or task.max_new_tokens)
-    if len(raws) != len(pending):
-        raise AskError(f"the backend gave {len(raws)} answers for {len(pending)} questions (record {sample.record_id})")
+    limit = max_new_tokens or max_new_tokens_for(sample.settings, task)
+    if require is None:
+        require = task_profile(sample.settings.profile, task).require
+    shared = [(i, part) for i, q in enumerate(pending) if q.images is None for part in (q.parts or [q.question])]
+    own = [i for i, q in enumerate(pending) if q.images is not None]
+    got: list[list[Completion | str]] = [[] for _ in pending]
+    if shared:
+        completions = backend.query_many(sample.images, [part for _, part in shared], limit)
+        if len(completions) != len(shared):
+            raise AskError(f"the backend gave {len(completions)} answers for {len(shared)} questions (record {sample.record_id})")
+        for (i, _), c in zip(shared, completions):
+            got[i].append(c)
+    if own:
+        requests = [single_turn(pending[i].images, part) for i in own for part in (pending[i].parts or [pending[i].question])]
+        completions = backend.complete(requests, limit)
+        if len(completions) != len(requests):
+            raise AskError(f"the backend gave {len(completions)} answers for {len(requests)} questions (record {sample.record_id})")
+        it = iter(completions)
+        for i in own:
+            got[i] += [next(it) for _ in pending[i].parts or [pending[i].question]]
     out = []
-    for q, raw in zip(pending, raws):
-        text = raw if isinstance(raw, str) else ""
-        try:
-            pred = task.read(text, q, sample)
-        except Exception:  # a malformed answer is a failed prediction, never a crash
-            pred = None
-        out.append(Answer(q, text, pred))
+    for q, parts in zip(pending, got):
+        texts, cut = [], False
+        for c in parts:
+            # A plain string is accepted from backends written before query_many returned completions
+            # (finish reason unknown); anything else that is not text is an empty, failed answer.
+            if isinstance(c, Completion):
+                text, finish = (c.text if isinstance(c.text, str) else ""), c.finish_reason
+            else:
+                text, finish = (c if isinstance(c, str) else ""), None
+            texts.append(text)
+            cut = cut or finish == "length" or (require is not None and require not in text)
+        text = "\n".join(texts)
+        pred = None
+        if not cut:
+            try:
+                pred = task.read(text, q, sample)
+            except Exception:  # a malformed answer is a failed prediction, never a crash
+                pred = None
+        out.append(Answer(q, text, pred, cut))
     return out

@@ -107,6 +107,10 @@ def score_command(
     file: str = typer.Argument(..., help="JSONL file, one prediction/ground-truth pair per line."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     n_coords: int = typer.Option(DEFAULT_N_COORDS, "--n-coords", help="Range N of text coordinates (text answers that name pixels)."),
+    pair_order: str | None = typer.Option(
+        None, "--pair-order",
+        help="pose: the relative transform compared, cam2_from_cam1 (default, T_cam2_from_cam1 as the lines carry it) or cam1_from_cam2 (its inverse: VGGT's evaluation order).",
+    ),
 ) -> None:
     """Score pre-paired predictions of any model, without running one.
 
@@ -114,7 +118,7 @@ def score_command(
     """
     from vlm3.eval.score import run
 
-    raise typer.Exit(run(task, file, as_json=as_json, n_coords=n_coords))
+    raise typer.Exit(run(task, file, as_json=as_json, n_coords=n_coords, pair_order=pair_order))
 
 
 # --- tiny-model: build a tiny VLM of a real Qwen-VL architecture (vlm3.models.tiny) ---------
@@ -343,11 +347,20 @@ def eval_command(
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the figures."),
     api_key: str | None = typer.Option(None, "--api-key", envvar="VLM3_API_KEY", help="HTTP models: sent as 'Authorization: Bearer KEY' (env VLM3_API_KEY)."),
     served_model_name: str | None = typer.Option(None, "--served-model-name", help="HTTP models: the model name to request (default: the server's only model)."),
+    pair_order: str | None = typer.Option(
+        None, "--pair-order",
+        help="Pose benches: override scoring.pair_order, cam2_from_cam1 (default) or cam1_from_cam2 (VGGT's evaluation order); cached answers are reused.",
+    ),
+    profile: str | None = typer.Option(
+        None, "--profile",
+        help="How to ask a model with no vlm3.json that is not a known checkpoint: vlm3, vlm3-release, depthlm or zero-shot (see vlm3.profiles).",
+    ),
 ) -> None:
     """Evaluate a model on a bench; resumable (re-run the same command to continue).
 
-    The model is asked the way it was trained: settings from its vlm3.json (a checkpoint folder, --meta, or what
-    `vlm3 serve` publishes in /v1/models), else the bench's, else the defaults.
+    The model is asked the way it was trained. Its vlm3.json (a checkpoint folder, --meta, or what `vlm3 serve`
+    publishes in /v1/models) wins; a released checkpoint (facebook/VLM3-*, facebook/DepthLM) gets its profile;
+    otherwise --profile is required. Settings the profile leaves open come from the bench, else the defaults.
     """
     from rich.console import Console
 
@@ -361,7 +374,8 @@ def eval_command(
         result = run_eval(
             model, bench, out, batch_size=batch_size, limit=limit, limit_points=limit_points, max_new_tokens=max_new_tokens,
             meta=meta, cache_dir=cache, overwrite=overwrite, device=device, dtype=dtype, plots=not no_plots,
-            backend_options=http_options(model, api_key=api_key, served_model_name=served_model_name),
+            backend_options=http_options(model, api_key=api_key, served_model_name=served_model_name), pair_order=pair_order,
+            profile=profile,
         )
     except KeyboardInterrupt:
         err.print(f"interrupted: answers so far are kept in {out}/predictions.jsonl; re-run the same command to continue", highlight=False, soft_wrap=True)
@@ -373,7 +387,7 @@ def eval_command(
     key = get_task(result.metrics["task"]).headline
     value = m.get(key)
     shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-    typer.echo(f"{result.metrics['bench']['name']}: {key} = {shown} (n={m.get('n')}, parsed={m.get('parsed')}, failed={m.get('failed')}); "
+    typer.echo(f"{result.metrics['bench']['name']}: {key} = {shown} (n={m.get('n')}, parsed={m.get('parsed')}, failed={m.get('failed')}, truncated={m.get('truncated', 0)}); "
                f"{result.n_queries - result.n_cached} asked, {result.n_cached} reused; report: {result.out / 'report.md'}")
 
 

@@ -1,8 +1,9 @@
 """How records become questions: the one settings type, its defaults, and ``vlm3.json``.
 
-:class:`Settings` decides everything about what a model is shown and asked: the view transform
-(focal unification to ``focal`` px, or a fixed ``resize_to``), the text coordinate range
-``n_coords``, the depth convention, the answer style and packing, and the prompt version. Training
+:class:`Settings` decides everything about what a model is shown and asked: the prompt profile,
+the view transform (focal unification to ``focal`` px, a fixed ``resize_to`` or a
+``longest_side``), the text coordinate range ``n_coords`` and pixel convention, the depth
+convention, the answer style and packing, and the prompt version. Training
 configs (``data:`` section), bench configs (``settings:``) and checkpoints all use it.
 
 Every checkpoint trained by vlm3 carries ``vlm3.json``: the task it was trained for and its
@@ -16,11 +17,12 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 DEFAULT_FOCAL_PX = 1000.0  # the paper's unified focal length (pixels)
 DEFAULT_N_COORDS = 2000  # the paper's text coordinate range [0, N)
 PROMPT_VERSION = "vlm3-1"  # the prompts of vlm3.tasks; bump when any task's wording changes
+DEFAULT_PROFILE = "vlm3"  # what vlm3 trains (vlm3.profiles)
 SETTINGS_FILE = "vlm3.json"
 
 
@@ -31,15 +33,22 @@ class SettingsError(ValueError):
 class Settings(BaseModel):
     """What a model is shown and asked (see the README's conventions).
 
-    Images are unified to ``focal`` px (``unify``) or resampled to ``resize_to`` = (W, H) (the
-    no-unification ablation; None keeps the native size). ``size_multiple`` crops/pads unified
-    images to a multiple of the model's patch size so its processor does not resize them again.
+    Images are unified to ``focal`` px (``unify``; ``focal_axes`` says whether fx and fy both
+    become ``focal`` or one scale focal / fx serves both axes), or resampled to ``resize_to`` =
+    (W, H) (the no-unification ablation), or to a ``longest_side``; otherwise the native size is
+    kept. ``size_multiple`` crops/pads unified images to a multiple of the model's patch size so its
+    processor does not resize them again. ``profile`` names the wording, answer format and parser
+    (``vlm3.profiles``); a profile other than ``vlm3`` fixes some of these fields per task.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    profile: str = Field(DEFAULT_PROFILE, description="prompt profile: how the model is asked and its answers read (vlm3.profiles)")
     unify: bool = Field(True, description="focal-length unification (the recipe); false = the ablation")
-    focal: float = Field(DEFAULT_FOCAL_PX, gt=0, description="unified focal length in pixels")
+    focal: float = Field(DEFAULT_FOCAL_PX, gt=0, allow_inf_nan=False, description="unified focal length in pixels")
+    focal_axes: Literal["xy", "x"] = Field("xy", description="xy: fx and fy both become focal; x: one scale focal / fx for both axes, sizes truncated (SpatialRGPT's object pipeline)")
+    longest_side: PositiveInt | None = Field(None, description="when unify is false: one scale so that the longer side has this many pixels")
+    pixel_convention: Literal["center", "index"] = Field("center", description="center: pixel i is at i + 0.5 before normalising (vlm3); index: at i, scaled with the image (the released checkpoints)")
     size_multiple: int | None = Field(None, ge=1, description="unified sides rounded to this multiple (None: the model's patch multiple in training, none in evaluation)")
     resize_to: tuple[PositiveInt, PositiveInt] | None = Field(None, description="[W, H] fixed size for every image when unify is false")
     n_coords: int = Field(DEFAULT_N_COORDS, ge=2, description="text coordinates in [0, n_coords)")
@@ -49,13 +58,29 @@ class Settings(BaseModel):
     packing: Literal["multi_turn", "single_turn"] = Field("multi_turn", description="how packed questions are laid out")
     prompt_version: str = Field(PROMPT_VERSION, description="version of the prompt wording the model was trained on")
 
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, name: str) -> str:
+        from vlm3.profiles import get_profile  # data only: no task, torch or transformers import
+
+        return get_profile(name).name
+
+    @model_validator(mode="after")
+    def _one_resize(self) -> "Settings":
+        if self.resize_to is not None and self.longest_side is not None:
+            raise ValueError(f"resize_to {list(self.resize_to)} and longest_side {self.longest_side} are exclusive: give one")
+        return self
+
     def with_values(self, **values: Any) -> "Settings":
         """A copy with some fields replaced, validated."""
         return make_settings({**self.model_dump(), **values})
 
 
 # The settings that decide how an evaluation question is asked (a bench may set these).
-ASK_FIELDS: tuple[str, ...] = ("unify", "focal", "size_multiple", "resize_to", "n_coords", "depth_type", "answer_style", "prompt_version")
+ASK_FIELDS: tuple[str, ...] = (
+    "profile", "unify", "focal", "focal_axes", "size_multiple", "resize_to", "longest_side", "pixel_convention",
+    "n_coords", "depth_type", "answer_style", "prompt_version",
+)
 
 
 def make_settings(values: dict[str, Any], where: str = "settings") -> Settings:
@@ -79,17 +104,22 @@ def validation_message(error: ValidationError, prefix: str = "") -> str:
     return "; ".join(parts)
 
 
-def resolve_settings(model: dict[str, Any] | None, bench: dict[str, Any] | None = None) -> tuple[Settings, dict[str, str]]:
+def resolve_settings(
+    model: dict[str, Any] | None, bench: dict[str, Any] | None = None, profile: dict[str, Any] | None = None
+) -> tuple[Settings, dict[str, str]]:
     """Evaluation settings and where each came from, per field of :data:`ASK_FIELDS`.
 
-    In order: the model's ``vlm3.json`` (how it was trained to be asked), the bench config, the
-    defaults of :class:`Settings`. Returns the settings and ``{field: "model" | "bench" | "default"}``.
+    In order: the model's ``vlm3.json`` (how it was trained to be asked), the values its prompt
+    profile fixes (``vlm3.profiles``), the bench config, the defaults of :class:`Settings`. Returns
+    the settings and ``{field: "model" | "profile" | "bench" | "default"}``.
     """
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for key in ASK_FIELDS:
         if model is not None and key in model:
             values[key], sources[key] = model[key], "model"
+        elif profile and key in profile:
+            values[key], sources[key] = profile[key], "profile"
         elif bench and key in bench:
             values[key], sources[key] = bench[key], "bench"
         else:
@@ -174,3 +204,32 @@ def served_settings(backend: Any) -> ModelSettings | None:
     published = getattr(backend, "served_settings", None)
     raw = published() if callable(published) else None
     return None if raw is None else model_settings_from(raw, f"{getattr(backend, 'name', 'server')}: /models")
+
+
+def settings_for_model(
+    task: Any,
+    trained: ModelSettings | None,
+    bench: dict[str, Any] | None,
+    *,
+    profile: str | None,
+    model_ids: list[str | None],
+    model: str,
+) -> tuple[Settings, dict[str, str], str]:
+    """How to ask ``model`` about ``task``: (settings, the source of each field, why this profile).
+
+    The profile is chosen by :func:`vlm3.profiles.choose_profile` (the model's ``vlm3.json`` — a
+    file without a ``profile`` field was written by vlm3 for its own profile — then a released
+    checkpoint's id, then ``profile``, the ``--profile`` flag); a model with none is refused with a
+    ProfileError that names the flag. Then :func:`resolve_settings` with the profile's values.
+    """
+    from vlm3.profiles import choose_profile, profile_settings
+
+    stated = None
+    if trained is not None:
+        stated = trained.settings.profile if "profile" in trained.given else DEFAULT_PROFILE
+    choice = choose_profile(flag=profile, stated=stated, stated_where=None if trained is None else trained.path, model_ids=model_ids, model=model)
+    fixed = profile_settings(choice.name, task)
+    if not fixed:
+        fixed = {"profile": choice.name}
+    settings, sources = resolve_settings(None if trained is None else trained.stated(), bench, fixed)
+    return settings, sources, choice.source

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vlm3.data.records import DepthLabels, Matches, Record, View
-from vlm3.geometry.unify import FocalTransform, UnifiedImage, resize_exact, unify_focal
+from vlm3.geometry.unify import FocalTransform, UnifiedImage, resize_exact, resize_longest, unify_focal
 
 
 @dataclass
@@ -35,6 +35,7 @@ def unify_record(
     size_multiple: int | None = None,
     *,
     enabled: bool = True,
+    axes: str = "xy",
 ) -> UnifiedRecord:
     """Unify every view of ``record`` to focal ``target`` (pixels); ``images`` are its decoded views.
 
@@ -46,7 +47,7 @@ def unify_record(
         ident = [FocalTransform(v.K, v.K, None) for v in record.views]
         kept = {name: np.arange(len(labels)) for name, labels in _label_lists(record).items()}
         return UnifiedRecord(record.model_copy(deep=True), list(images), ident, 0, kept, record)
-    out = transform_record(record, images, lambda img, view: unify_focal(img, view.K, target, dist=view.dist, size_multiple=size_multiple))
+    out = transform_record(record, images, lambda img, view: unify_focal(img, view.K, target, dist=view.dist, size_multiple=size_multiple, axes=axes))
     out.record.meta["unified_focal"] = float(target)
     return out
 
@@ -57,6 +58,14 @@ def resize_record(record: Record, images: list[np.ndarray], width: int, height: 
         if view.dist is not None and any(view.dist):
             raise ValueError(f"record {record.id}: resize_record does not undistort; unify instead")
     return transform_record(record, images, lambda img, view: resize_exact(img, view.K, width, height))
+
+
+def resize_longest_record(record: Record, images: list[np.ndarray], side: int) -> UnifiedRecord:
+    """Resample every view with one scale so that its longer side is ``side`` pixels, moving labels."""
+    for view in record.views:
+        if view.dist is not None and any(view.dist):
+            raise ValueError(f"record {record.id}: a longest-side resize does not undistort; unify instead")
+    return transform_record(record, images, lambda img, view: resize_longest(img, view.K, side))
 
 
 def _check_count(record: Record, images: list[np.ndarray]) -> None:

@@ -16,6 +16,7 @@ A bench config::
     limits: {records: null, points: null}   # records in the list, labelled points per record
     settings: {focal: 750, depth_type: range}    # vlm3.settings.Settings fields; the model's vlm3.json wins
     max_new_tokens: 32                # default: the task's
+    scoring: {pair_order: cam2_from_cam1}   # pose only: or cam1_from_cam2 (VGGT's evaluation order)
 
 The sample list names the records and the labelled points of each (indices into the record's
 labels) in a seeded random order, so that any prefix (``--limit`` records, ``--limit-points``
@@ -36,13 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import Field, PositiveInt, ValidationError, ValidationInfo, field_validator, model_validator
 
 from vlm3.config import ConfigError, ConfigModel, read_yaml
 from vlm3.data.records import Record
 from vlm3.data.sampling import item_rng
 from vlm3.settings import ASK_FIELDS, Settings, validation_message
 from vlm3.tasks.base import UnknownTask, get_task
+from vlm3.tasks.pose import DEFAULT_PAIR_ORDER, PAIR_ORDERS
 
 SAMPLES_FORMAT = "vlm3-bench-samples"
 SAMPLES_VERSION = 1
@@ -97,6 +99,24 @@ class Limits(ConfigModel):
     points: PositiveInt | None = None
 
 
+class Scoring(ConfigModel):
+    """How answers are scored: options of ``Task.metrics``, which change no question or answer.
+
+    ``pair_order`` (pose): the relative transform the metrics compare,
+    ``cam2_from_cam1`` (vlm3's default: T_cam2_from_cam1 as labelled) or ``cam1_from_cam2`` (its
+    inverse, VGGT's evaluation order; ``vlm3.tasks.pose.pair_in_order``).
+    """
+
+    pair_order: str = DEFAULT_PAIR_ORDER
+
+    @field_validator("pair_order")
+    @classmethod
+    def _pair_order(cls, value: str) -> str:
+        if value not in PAIR_ORDERS:
+            raise ValueError(f"choose one of {', '.join(PAIR_ORDERS)}")
+        return value
+
+
 class BenchConfig(ConfigModel):
     """A bench config file (see module doc)."""
 
@@ -108,6 +128,7 @@ class BenchConfig(ConfigModel):
     limits: Limits = Field(default_factory=Limits)
     settings: dict[str, Any] = Field(default_factory=dict)
     max_new_tokens: PositiveInt | None = None
+    scoring: Scoring = Field(default_factory=Scoring)
     description: str | None = None
 
     @field_validator("task")
@@ -126,6 +147,18 @@ class BenchConfig(ConfigModel):
             raise ValueError(f"unknown field(s) {', '.join('settings.' + k for k in unknown)}; known: {', '.join(ASK_FIELDS)}")
         return value
 
+    @field_validator("scoring")
+    @classmethod
+    def _scoring_fits_task(cls, value: Scoring, info: ValidationInfo) -> Scoring:
+        task = info.data.get("task")
+        if task is None:  # the task itself is wrong: that error is enough
+            return value
+        known = get_task(task).scoring_options
+        extra = sorted(value.model_fields_set - set(known))
+        if extra:
+            raise ValueError(f"{', '.join(extra)}: not a scoring option of task {task!r} (its options: {', '.join(known) or 'none'})")
+        return value
+
 
 @dataclass
 class Bench:
@@ -141,6 +174,7 @@ class Bench:
     settings: dict[str, Any] = field(default_factory=dict)
     max_new_tokens: int | None = None
     source: str = "<dict>"  # the config file, for messages
+    scoring: dict[str, Any] = field(default_factory=dict)  # Task.metrics options (Scoring fields)
 
     def spec_hash(self) -> str:
         """Hash of the data source: names the cache folder it is prepared into."""
@@ -200,7 +234,8 @@ def bench_from_dict(raw: Any, path: str | Path | None = None) -> Bench:
         samples_path: Path | None = Path(resolve(cfg.samples, "samples"))
     else:
         samples_path = base / f"{Path(path).stem}.samples.json" if path is not None else None
-    return Bench(cfg.name, cfg.task, data, samples_path, cfg.seed, cfg.limits.records, cfg.limits.points, dict(cfg.settings), cfg.max_new_tokens, where)
+    scoring = {k: v for k, v in cfg.scoring.model_dump().items() if k in get_task(cfg.task).scoring_options}
+    return Bench(cfg.name, cfg.task, data, samples_path, cfg.seed, cfg.limits.records, cfg.limits.points, dict(cfg.settings), cfg.max_new_tokens, where, scoring)
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -83,14 +83,19 @@ def training_items(data_dir: str | Path, settings: Settings, limit: int | None =
 
 
 def evaluate_depth(backend: Any, heldout: HeldOut, max_new_tokens: int = 12) -> dict[str, Any]:
-    """Ask every held-out question (one at a time, prefix-cached per image) and score it."""
+    """Ask every held-out question (one at a time, prefix-cached per image) and score it.
+
+    ``metrics["truncated"]`` counts answers cut off at ``max_new_tokens`` (failures, in ``failed``).
+    """
     preds: list[float | None] = []
     raw: list[str] = []
+    truncated = 0
     for s in heldout.samples:
         answers = ask(backend, s, max_new_tokens=max_new_tokens)
         raw += [a.raw for a in answers]
         preds += [a.pred for a in answers]
-    metrics = depth_metrics(preds, heldout.gt)
+        truncated += sum(a.truncated for a in answers)
+    metrics = {**depth_metrics(preds, heldout.gt), "truncated": truncated}
     return {"metrics": metrics, "preds": preds, "raw": raw}
 
 

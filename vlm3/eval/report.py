@@ -2,9 +2,10 @@
 
 Metrics come from the task (``Task.metrics``) on the prediction lines; every task's result has
 ``n`` (questions scored), ``parsed`` (the parser found an answer), ``failed`` (no usable
-prediction: unparsed, or for depth a non-positive value; failures count as wrong in every share)
-and ``skipped`` (labels outside the transformed image, not scored). With several datasets in one
-bench, ``by_dataset`` repeats the metrics per dataset.
+prediction: unparsed, or for depth a non-positive value; failures count as wrong in every share),
+``truncated`` (answers cut off at the token limit, or lacking the required closing text: never
+parsed, so part of ``failed``) and ``skipped`` (labels outside the transformed image, not
+scored). With several datasets in one bench, ``by_dataset`` repeats the metrics per dataset.
 
 Plots (``plots/``, PNG, drawn with matplotlib's object API so no global pyplot state is touched):
 the task's own summary plots (``Task.plots``) and a few examples drawn on the original images
@@ -32,20 +33,32 @@ N_EXAMPLES = 3
 # --- metrics ------------------------------------------------------------------------------------
 
 
-def compute_metrics(task: str | Task, lines: list[dict[str, Any]]) -> dict[str, Any]:
-    """Task metrics of prediction lines (skipped lines are counted, not scored)."""
+def compute_metrics(task: str | Task, lines: list[dict[str, Any]], options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Task metrics of prediction lines (skipped lines are counted, not scored).
+
+    ``options`` go to ``Task.metrics`` (e.g. ``pair_order``, ``n_coords``, ``views``).
+    """
     task = get_task(task)
     scored = [line for line in lines if "skipped" not in line]
-    out = _task_metrics(task, scored)
+    out = _task_metrics(task, scored, options)
     out["skipped"] = len(lines) - len(scored)
     datasets = sorted({line.get("dataset", "") for line in scored})
     if len(datasets) > 1:
-        out["by_dataset"] = {d: _task_metrics(task, [line for line in scored if line.get("dataset", "") == d]) for d in datasets}
+        out["by_dataset"] = {d: _task_metrics(task, [line for line in scored if line.get("dataset", "") == d], options) for d in datasets}
     return out
 
 
-def _task_metrics(task: Task, lines: list[dict[str, Any]]) -> dict[str, Any]:
-    return task.metrics(lines) if lines else {"n": 0, "parsed": 0, "failed": 0}
+def _task_metrics(task: Task, lines: list[dict[str, Any]], options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The task's metrics with ``truncated`` (lines marked so; older lines lack the key) after ``failed``."""
+    m = task.metrics(lines, options=options) if lines else {"n": 0, "parsed": 0, "failed": 0}
+    truncated = sum(bool(line.get("truncated")) for line in lines)
+    out: dict[str, Any] = {}
+    for key, value in m.items():
+        out[key] = value
+        if key == "failed":
+            out["truncated"] = truncated
+    out.setdefault("truncated", truncated)
+    return out
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -60,11 +73,15 @@ def write_report(
     records: dict[str, Any] | None = None,
     image_root: str | Path | None = None,
     plots: bool = True,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``metrics.json``, ``report.md`` and ``plots/`` into ``out``; returns the metrics.json content."""
+    """Write ``metrics.json``, ``report.md`` and ``plots/`` into ``out``; returns the metrics.json content.
+
+    ``options`` are the scoring options of ``Task.metrics`` (:func:`compute_metrics`).
+    """
     out = Path(out)
     task = get_task(task)
-    metrics = compute_metrics(task, lines)
+    metrics = compute_metrics(task, lines, options)
     content = json_safe({"task": task.name, "metrics": metrics, **info})
     tmp = out / (METRICS + ".tmp")
     tmp.write_text(json.dumps(content, indent=2, allow_nan=False) + "\n")
@@ -84,7 +101,8 @@ def report_markdown(task: str | Task, content: dict[str, Any], lines: list[dict[
     key = task.headline
     md = [f"# {bench.get('name', task.name)}: {task.name}", ""]
     md.append(f"**{key} = {_fmt(m.get(key))}** on {m.get('n', 0)} questions; {m.get('parsed', 0)} parsed, "
-              f"{m.get('failed', 0)} failed (counted wrong), {m.get('skipped', 0)} skipped.")
+              f"{m.get('failed', 0)} failed (counted wrong; {m.get('truncated', 0)} of them truncated at the token limit), "
+              f"{m.get('skipped', 0)} skipped.")
     md += ["", f"- model: `{model.get('spec')}` ({model.get('backend')}), settings from: {model.get('settings_from') or 'bench config / defaults'}"]
     md.append(f"- bench list: `{bench.get('samples')}` ({bench.get('samples_hash')}), seed {bench.get('seed')}, "
               f"{bench.get('records')} of {bench.get('records_in_list')} records" + (f", first {bench.get('limit_points')} points each" if bench.get("limit_points") else ""))
@@ -100,15 +118,16 @@ def report_markdown(task: str | Task, content: dict[str, Any], lines: list[dict[
     md += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
     md += [f"| {name} | {_fmt(value)} |" for name, value in flat_metrics(m) if not name.startswith("by_dataset/")]
     if "by_dataset" in m:
-        md += ["", "### By dataset", "", "| dataset | n | " + key + " |", "|---|---|---|"]
-        md += [f"| {d} | {dm.get('n')} | {_fmt(dm.get(key))} |" for d, dm in m["by_dataset"].items()]
+        md += ["", "### By dataset", "", "| dataset | n | failed | truncated | " + key + " |", "|---|---|---|---|---|"]
+        md += [f"| {d} | {dm.get('n')} | {dm.get('failed')} | {dm.get('truncated', 0)} | {_fmt(dm.get(key))} |" for d, dm in m["by_dataset"].items()]
     md += ["", "## Settings", "", "| setting | value | from |", "|---|---|---|"]
     sources = content.get("settings_source", {})
     md += [f"| {k} | {val} | {sources.get(k, '')} |" for k, val in content.get("settings", {}).items() if k != "task"]
     failed = [line for line in lines if "skipped" not in line and not line.get("parsed")]
     if failed:
         md += ["", f"## Unparsed answers ({len(failed)})", ""]
-        md += [f"- `{line['key']}`: {json.dumps(line.get('raw', '')[:120])}" for line in failed[:5]]
+        md += [f"- `{line['key']}`" + (" (truncated at the token limit)" if line.get("truncated") else "") + f": {json.dumps(line.get('raw', '')[:120])}"
+               for line in failed[:5]]
     if figures:
         md += ["", "## Figures", ""]
         md += [f"![{title}]({PLOTS}/{name})" for name, title in figures]

@@ -13,8 +13,9 @@ prompt templates, max_new_tokens); resuming into a folder made with different va
 Each line of ``predictions.jsonl``: ``key`` ("<record id>#<label>"), ``record``, ``label``
 (the task's label key: ``d12`` = depth label 12 of the record, ``m3`` = match 3, ``q40`` = object
 question 40, ``pair``), ``dataset``, ``question``, ``raw`` (the model's answer), ``parsed``,
-``pred`` and ``gt`` (in the task's units, original image frame; see each task class in
-``vlm3.tasks``), and the task's fields. Labels that fall outside the transformed image
+``truncated`` (the answer was cut off at max_new_tokens: a failure, ``pred`` null; see
+:mod:`vlm3.ask`), ``pred`` and ``gt`` (in the task's units, original image frame; see each task
+class in ``vlm3.tasks``), and the task's fields. Labels that fall outside the transformed image
 (possible only when ``size_multiple`` crops) are written with ``skipped`` and left out.
 """
 
@@ -34,7 +35,8 @@ from vlm3.ask import AskError, ask
 from vlm3.data.records import Record
 from vlm3.eval.bench import Bench, BenchError, default_cache, load_bench, load_records, resolve_data, sample_list_for
 from vlm3.models.backend import Backend, open_backend, spec_name
-from vlm3.settings import Settings, SettingsError, model_settings_for, resolve_settings, served_settings
+from vlm3.profiles import ProfileError, model_ids, profile_hash, task_profile
+from vlm3.settings import Settings, SettingsError, model_settings_for, served_settings, settings_for_model
 from vlm3.tasks.base import Task, get_task
 from vlm3.tasks.samples import build_sample, load_images
 
@@ -122,13 +124,19 @@ def run_eval(
     dtype: str | None = None,
     plots: bool = True,
     backend_options: dict[str, Any] | None = None,
+    pair_order: str | None = None,
+    profile: str | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` (a spec string or a :class:`Backend`) on ``bench``; write ``out``.
 
     ``limit`` keeps the first N records of the sample list, ``limit_points`` the first N labels
     of each (both are uniform subsamples: the list is in seeded random order). The model's
     settings come from ``meta``, its folder's ``vlm3.json``, or what its server publishes.
-    ``backend_options`` go to the backend (e.g. ``api_key``, ``model`` for HTTP).
+    ``backend_options`` go to the backend (e.g. ``api_key``, ``model`` for HTTP). ``profile``
+    (``--profile``) says how to ask a model that has no ``vlm3.json`` and is not a known checkpoint
+    (:func:`vlm3.settings.settings_for_model`).
+    ``pair_order`` (pose benches) overrides the bench's ``scoring.pair_order``; scoring options
+    change no question, so cached answers are reused and only the metrics change.
     """
     for name, value in (("batch_size", batch_size), ("limit", limit), ("limit_points", limit_points), ("max_new_tokens", max_new_tokens)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -146,6 +154,7 @@ def run_eval(
     # A backend object made by from_pretrained is named after its folder: its vlm3.json counts too.
     spec = model if isinstance(model, str) else getattr(model, "name", None)
     task = get_task(bench.task)
+    scoring = _scoring(bench, task, pair_order)
     backend = open_backend(model, batch_size, device=device, dtype=dtype, **(backend_options or {})) if isinstance(model, str) else model
     if not isinstance(model, str) and batch_size is not None:
         _set_batch_size(backend, batch_size)
@@ -155,8 +164,15 @@ def run_eval(
         raise EvalError(str(e)) from None
     if trained is not None and trained.task not in (None, task.name):
         _warn(f"the model was trained for task {trained.task!r}; bench {bench.name!r} is {task.name!r}")
-    settings, sources = resolve_settings(None if trained is None else trained.stated(), bench.settings)
-    max_new = max_new_tokens or bench.max_new_tokens or task.max_new_tokens
+    try:
+        settings, sources, profile_from = settings_for_model(
+            task, trained, bench.settings, profile=profile, model_ids=model_ids(spec, backend), model=str(spec or type(backend).__name__)
+        )
+        fixed_limit = task_profile(settings.profile, task).max_new_tokens
+    except (ProfileError, SettingsError) as e:
+        raise EvalError(str(e)) from None
+    # A profile's own limit beats the bench's (bench limits fit vlm3's short answers).
+    max_new = max_new_tokens or fixed_limit or bench.max_new_tokens or task.max_new_tokens
     model_name = spec_name(model) if isinstance(model, str) else (backend.name or type(backend).__name__)
 
     header = {
@@ -166,6 +182,7 @@ def run_eval(
         "samples_hash": samples.hash,
         "settings": settings.model_dump(mode="json"),
         "prompt_template_hash": prompt_template_hash(task, settings),
+        "profile": {"name": settings.profile, "hash": profile_hash(settings, task)},
         "max_new_tokens": max_new,
     }
     _check_header(out, header, overwrite)
@@ -214,9 +231,11 @@ def run_eval(
         },
         "settings": header["settings"],
         "settings_source": sources,
+        "profile": {**header["profile"], "from": profile_from, "require": task_profile(settings.profile, task).require},
         "prompt_template_hash": header["prompt_template_hash"],
         "questions_hash": "sha256:" + hashlib.sha256("\n".join(l.get("question", "") for l in ordered).encode()).hexdigest()[:16],
         "max_new_tokens": max_new,
+        "scoring": scoring,
         "versions": versions(),
         "run": {
             "seconds": round(seconds, 3), "queries": len(ordered), "computed": computed, "cached": reused,
@@ -231,8 +250,38 @@ def run_eval(
             f"length it sees is fx {proc['effective_fx'][0]:.1f}..{proc['effective_fx'][1]:.1f} px, not {settings.focal:g}; "
             f"use settings.size_multiple = {proc['patch_multiple']} and a pixel budget ({proc['min_pixels']}..{proc['max_pixels']}) that holds the images"
         )
-    metrics = write_report(out, task, ordered, info, records=records, image_root=root, plots=plots)
+    # Metrics options: the bench's scoring, the text-coordinate range, and each view as shown.
+    options = {**scoring, "n_coords": settings.n_coords, "views": view_frames([records[e.record] for e in entries], task, settings)}
+    metrics = write_report(out, task, ordered, info, records=records, image_root=root, plots=plots, options=options)
     return EvalResult(out, metrics, len(ordered), reused, calls, seconds)
+
+
+def _scoring(bench: Bench, task: Task, pair_order: str | None) -> dict[str, Any]:
+    """The bench's scoring options with a ``pair_order`` override (tasks that have the option: pose)."""
+    from vlm3.tasks.pose import PAIR_ORDERS
+
+    scoring = dict(bench.scoring)
+    if pair_order is not None:
+        if "pair_order" not in task.scoring_options:
+            raise EvalError(f"pair_order is not a scoring option of task {task.name!r} (bench {bench.name!r})")
+        if pair_order not in PAIR_ORDERS:
+            raise EvalError(f"pair_order must be one of {', '.join(PAIR_ORDERS)}, got {pair_order!r}")
+        scoring["pair_order"] = pair_order
+    return scoring
+
+
+def view_frames(records: list[Record], task: Task, settings: Settings) -> dict[str, list[list[float]]]:
+    """``{record id: [[width, height, sx, sy] per view the task shows]}``: each view as the model is
+    shown it (:func:`seen_size`) and its scale from the original image (the metrics option ``views``)."""
+    out: dict[str, list[list[float]]] = {}
+    for rec in records:
+        frames = []
+        for v in range(min(task.n_images, len(rec.views))):
+            w, h, fx, fy = seen_size(rec, settings, v)
+            K = rec.views[v].K
+            frames.append([float(w), float(h), fx / K.fx, fy / K.fy])
+        out[rec.id] = frames
+    return out
 
 
 def _answer_entry(
@@ -275,15 +324,18 @@ def _set_batch_size(backend: Backend, batch_size: int) -> None:
 
 def seen_size(record: Record, settings: Settings, view: int = 0) -> tuple[int, int, float, float]:
     """(width, height, fx, fy) of a record view as the model is shown it (before its processor)."""
-    from vlm3.geometry.unify import unified_intrinsics
+    from vlm3.geometry.unify import longest_side_intrinsics, unified_intrinsics
 
     K = record.views[view].K
     if settings.unify:
-        U = unified_intrinsics(K, settings.focal, settings.size_multiple)
+        U = unified_intrinsics(K, settings.focal, settings.size_multiple, settings.focal_axes)
         return U.width, U.height, U.fx, U.fy
     if settings.resize_to is not None:
         w, h = settings.resize_to
         return w, h, K.fx * w / K.width, K.fy * h / K.height
+    if settings.longest_side is not None:
+        U = longest_side_intrinsics(K, settings.longest_side)
+        return U.width, U.height, U.fx, U.fy
     return K.width, K.height, K.fx, K.fy
 
 

@@ -4,7 +4,8 @@ One JSON object per line (blank lines are skipped); a string ``pred`` is raw mod
 goes through the task's parser, ``null`` is a failure. Each task states its fields
 (``Task.score_format``; ``vlm3 score --help`` lists them): e.g. depth ``{"pred": number |
 string | null, "gt": metres}``. The task turns every line into a prediction line
-(``Task.score_line``) and scores them with the same ``Task.metrics`` as ``vlm3 eval``.
+(``Task.score_line``) and scores them with the same ``Task.metrics`` as ``vlm3 eval``, with the
+options ``n_coords`` (``--n-coords``) and, for pose, ``pair_order`` (``--pair-order``).
 
 Any problem with the file is a :class:`ScoreInputError` whose message is one line naming the
 file and, where it applies, the line number.
@@ -50,18 +51,32 @@ def read_jsonl(path: str | Path) -> list[ScoreLine]:
     return lines
 
 
-def score_file(task: str | Task, path: str | Path, n_coords: int = DEFAULT_N_COORDS) -> dict:
-    """Metrics for a JSONL file of pre-paired predictions (see module doc for the format)."""
+def score_file(task: str | Task, path: str | Path, n_coords: int = DEFAULT_N_COORDS, pair_order: str | None = None) -> dict:
+    """Metrics for a JSONL file of pre-paired predictions (see module doc for the format).
+
+    ``pair_order`` (pose only; None: the task's default ``"cam2_from_cam1"``) is the relative
+    transform the pairs are compared in: ``"cam1_from_cam2"`` is VGGT's evaluation order
+    (``vlm3.tasks.pose.pair_in_order``).
+    """
+    from vlm3.tasks.pose import PAIR_ORDERS
+
     try:
         task = get_task(task)
     except UnknownTask as e:
         raise ScoreInputError(str(e)) from None
     if int(n_coords) != n_coords or n_coords < 2:
         raise ScoreInputError(f"--n-coords must be an integer >= 2, got {n_coords}")
+    if pair_order is not None and pair_order not in PAIR_ORDERS:
+        raise ScoreInputError(f"--pair-order must be one of {', '.join(PAIR_ORDERS)}, got {pair_order!r}")
+    if pair_order is not None and "pair_order" not in task.scoring_options:
+        raise ScoreInputError(f"--pair-order is not a scoring option of task {task.name!r}")
     lines = read_jsonl(path)
     predictions = [task.score_line(line, int(n_coords)) for line in lines]
+    options: dict[str, Any] = {"n_coords": int(n_coords)}
+    if pair_order is not None:
+        options["pair_order"] = pair_order
     try:
-        return task.metrics(predictions)
+        return task.metrics(predictions, options=options)
     except ValueError as exc:
         raise ScoreInputError(f"{lines[0].path}: {exc}") from None
 
@@ -112,12 +127,12 @@ def print_table(task: str, path: str | Path, result: dict) -> None:
     Console().print(table)
 
 
-def run(task: str, path: str | Path, *, as_json: bool = False, n_coords: int = DEFAULT_N_COORDS) -> int:
+def run(task: str, path: str | Path, *, as_json: bool = False, n_coords: int = DEFAULT_N_COORDS, pair_order: str | None = None) -> int:
     """The ``vlm3 score`` command: print the metrics, return the exit code (1 on bad input)."""
     import typer
 
     try:
-        result = score_file(task, path, n_coords)
+        result = score_file(task, path, n_coords, pair_order)
     except ScoreInputError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 1

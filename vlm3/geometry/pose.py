@@ -8,8 +8,10 @@ Conventions
   camera-from-world.
 - Camera axes: X right, Y down, Z forward.
 - The relative pose of a pair is ``T_cam2_from_cam1`` = T_cam2_from_world @ T_world_from_cam1,
-  with rotation R (= R_cam2_from_cam1) and translation t. This is the (R, t) that VGGT and
-  Depth-Anything-3 score.
+  with rotation R (= R_cam2_from_cam1) and translation t; vlm3 scores this (R, t) by default.
+  VGGT's evaluation (``se3_to_relative_pose_error``) compares the inverse, T_cam1_from_cam2 =
+  T_cam1_from_world @ T_world_from_cam2 = (R^T, -R^T t): the scoring option ``pair_order`` of
+  ``vlm3.tasks.pose`` picks either.
 - VLM3 describes the pair from camera 1's point of view:
   * motion direction: the centre of camera 2 in camera-1 coordinates, c = -R^T t (unit vector);
   * distance: |c| in metres (metric datasets only);

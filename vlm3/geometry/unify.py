@@ -96,10 +96,21 @@ class UnifiedImage:
     transform: FocalTransform
 
 
-def unified_intrinsics(K: Intrinsics, target: float, size_multiple: int | None = None) -> Intrinsics:
-    """Intrinsics of the unified image: fx = fy = target, cx, cy scaled, size rounded (see module doc)."""
+def unified_intrinsics(K: Intrinsics, target: float, size_multiple: int | None = None, axes: str = "xy") -> Intrinsics:
+    """Intrinsics of the unified image: fx = fy = target, cx, cy scaled, size rounded (see module doc).
+
+    ``axes="x"`` scales both axes by target / fx alone (fy becomes fy * target / fx) and truncates
+    the sizes, as SpatialRGPT's object pipeline (and the released VLM3-object) does.
+    """
     if not target > 0:
         raise ValueError(f"target focal must be > 0, got {target}")
+    if axes not in ("xy", "x"):
+        raise ValueError(f"axes must be 'xy' or 'x', got {axes!r}")
+    if axes == "x":
+        s = target / K.fx
+        if size_multiple:
+            raise ValueError("axes='x' keeps the released pipeline's truncated size: size_multiple does not apply")
+        return K.scaled(s, s, width=max(1, int(K.width * s)), height=max(1, int(K.height * s)))
     sx, sy = target / K.fx, target / K.fy
     w, h = max(1, round(K.width * sx)), max(1, round(K.height * sy))
     if size_multiple:
@@ -119,6 +130,7 @@ def unify_focal(
     size_multiple: int | None = None,
     antialias: bool = True,
     interpolation: str = "linear",
+    axes: str = "xy",
 ) -> UnifiedImage:
     """Resample ``image`` (taken with intrinsics ``K``) so that fx = fy = ``target`` pixels.
 
@@ -132,6 +144,7 @@ def unify_focal(
         antialias: Gaussian pre-filter when shrinking, so that downscaling does not alias.
         interpolation: ``"linear"``, ``"cubic"`` or ``"nearest"`` (use nearest for label maps;
             see :func:`warp_depth`).
+        axes: ``"xy"`` (fx and fy both become ``target``) or ``"x"`` (see :func:`unified_intrinsics`).
 
     Returns:
         UnifiedImage with the new image (same type as the input), new intrinsics and the transform.
@@ -141,13 +154,36 @@ def unify_focal(
     h, w = arr.shape[:2]
     if (w, h) != (K.width, K.height):
         raise ValueError(f"image is {w}x{h} but intrinsics describe {K.width}x{K.height}")
-    dst = unified_intrinsics(K, target, size_multiple)
+    dst = unified_intrinsics(K, target, size_multiple, axes)
     dist_t = _clean_dist(dist)
     transform = FocalTransform(K, dst, dist_t)
     out = _resample(arr, transform, antialias=antialias, interpolation=interpolation)
     if is_pil:
         out = Image.fromarray(out, mode=image.mode if image.mode in ("L", "RGB", "RGBA") else None)
     return UnifiedImage(out, dst, transform)
+
+
+def longest_side_intrinsics(K: Intrinsics, side: int) -> Intrinsics:
+    """Intrinsics after one scale s = side / max(W, H) on both axes, sizes rounded (no focal change
+    other than by s): the released VLM3-corr pipeline's view."""
+    if isinstance(side, bool) or int(side) != side or side < 1:
+        raise ValueError(f"longest side must be a positive whole number of pixels, got {side!r}")
+    s = side / max(K.width, K.height)
+    return K.scaled(s, s, width=max(1, round(K.width * s)), height=max(1, round(K.height * s)))
+
+
+def resize_longest(image: ImageLike, K: Intrinsics, side: int, *, antialias: bool = True) -> UnifiedImage:
+    """Resample ``image`` with one scale so that its longer side has ``side`` pixels (labels move exactly)."""
+    is_pil = isinstance(image, Image.Image)
+    arr = np.asarray(image)
+    h, w = arr.shape[:2]
+    if (w, h) != (K.width, K.height):
+        raise ValueError(f"image is {w}x{h} but intrinsics describe {K.width}x{K.height}")
+    transform = FocalTransform(K, longest_side_intrinsics(K, side), None)
+    out = _resample(arr, transform, antialias=antialias, interpolation="linear")
+    if is_pil:
+        out = Image.fromarray(out)
+    return UnifiedImage(out, transform.dst, transform)
 
 
 def resize_exact(image: ImageLike, K: Intrinsics, width: int, height: int, *, antialias: bool = True) -> UnifiedImage:

@@ -16,6 +16,7 @@ from typing import Any
 
 import typer
 
+from vlm3.ask import TRUNCATED
 from vlm3.infer.predict import HFOV_GUESS_DEG
 from vlm3.settings import DEFAULT_FOCAL_PX, DEFAULT_N_COORDS
 from vlm3.tasks.correspondence import CORRESPONDENCE
@@ -44,6 +45,11 @@ _BATCH = typer.Option(None, "--batch-size", min=1, help="Local: questions per ba
 _DEVICE = typer.Option("cpu", "--device", help="torch device of a local model.")
 _API_KEY = typer.Option(None, "--api-key", envvar="VLM3_API_KEY", help="HTTP models: sent as 'Authorization: Bearer KEY' (env VLM3_API_KEY).")
 _SERVED = typer.Option(None, "--served-model-name", help="HTTP models: the model name to request (default: the server's only model).")
+_PROFILE = typer.Option(
+    None, "--profile",
+    help="How to ask a model with no vlm3.json that is not a known checkpoint: vlm3, vlm3-release, depthlm or zero-shot (see vlm3.profiles).",
+)
+_MAX_NEW = typer.Option(None, "--max-new-tokens", min=1, help="Answer length cap (default: the profile's limit for the task).")
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -57,6 +63,12 @@ def _console():
 
 def _say(err, text: str) -> None:
     err.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+def _say_truncated(err, n: int, total: int, what: str) -> None:
+    """A warning that ``n`` of ``total`` answers failed because the token limit cut them off."""
+    if n:
+        _say(err, f"warning: {n} of {total} {what} failed: {TRUNCATED} (raise --max-new-tokens; see raw)")
 
 
 @contextmanager
@@ -148,20 +160,26 @@ def parse_cli_box(value: str) -> tuple[float, float, float, float]:
 
 
 def open_for_predict(
-    model: str, *, meta: str | None = None, batch_size: int | None = None, device: str = "cpu", dtype: str | None = None,
-    api_key: str | None = None, served_model_name: str | None = None, **overrides: Any,
+    model: str, task: Any, *, meta: str | None = None, profile: str | None = None, batch_size: int | None = None, device: str = "cpu",
+    dtype: str | None = None, api_key: str | None = None, served_model_name: str | None = None, **overrides: Any,
 ):
     """(backend, settings, where the model's settings were read): the model's ``vlm3.json`` (its
-    folder, ``meta``, or what its server publishes), then the command-line ``overrides`` (None =
-    unset), then the defaults."""
-    from vlm3.infer.predict import predict_settings
+    folder, ``meta``, or what its server publishes), a released checkpoint's profile or
+    ``--profile`` (:func:`vlm3.settings.settings_for_model`), then the command-line ``overrides``
+    (None = unset), then the defaults."""
     from vlm3.models import backend
-    from vlm3.settings import model_settings_for, served_settings
+    from vlm3.profiles import model_ids
+    from vlm3.settings import model_settings_for, served_settings, settings_for_model
 
     opened = backend.open_backend(model, batch_size, device=device, dtype=dtype, **backend.http_options(model, api_key=api_key, served_model_name=served_model_name))
-    found = model_settings_for(model, meta) or served_settings(opened)
-    settings = predict_settings(found.settings if found else None, **overrides)
-    return opened, settings, found.path if found else None
+    try:
+        found = model_settings_for(model, meta) or served_settings(opened)
+        base, _, source = settings_for_model(task, found, None, profile=profile, model_ids=model_ids(model, opened), model=model)
+        settings = base.with_values(**{k: v for k, v in overrides.items() if v is not None})
+    except Exception:
+        opened.close()
+        raise
+    return opened, settings, found.path if found else source
 
 
 def _write_json(folder: str | None, name: str, doc: dict) -> None:
@@ -185,7 +203,8 @@ def predict_depth_command(
     meta: str | None = _META, focal: float | None = _FOCAL, n_coords: int | None = _NCOORDS,
     depth_type: str | None = typer.Option(None, "--depth-type", help="What the model answers: range or z (default: the model's, else range)."),
     batch_size: int | None = _BATCH,
-    max_new_tokens: int = typer.Option(DEPTH.max_new_tokens, "--max-new-tokens", min=1, help="Answer length cap."),
+    max_new_tokens: int | None = _MAX_NEW,
+    profile: str | None = _PROFILE,
     device: str = _DEVICE,
     api_key: str | None = _API_KEY, served_model_name: str | None = _SERVED,
 ) -> None:
@@ -207,13 +226,14 @@ def predict_depth_command(
             raise ValueError(f"--depth-type {depth_type!r} must be range or z")
         if estimated:
             warn_estimated(err, K, hfov)
-        backend, settings, source = open_for_predict(model, meta=meta, api_key=api_key, served_model_name=served_model_name, batch_size=batch_size, device=device, focal=focal, n_coords=n_coords, depth_type=depth_type)
+        backend, settings, source = open_for_predict(model, DEPTH, meta=meta, profile=profile, api_key=api_key, served_model_name=served_model_name, batch_size=batch_size, device=device, focal=focal, n_coords=n_coords, depth_type=depth_type)
         with Progress(console=err, transient=True) as bar:
             job = bar.add_task("asking", total=None)
             pred = P.predict_depth(backend, img, K, points=pts, grid=grid, settings=settings, max_new_tokens=max_new_tokens,
                                    progress=lambda done, total: bar.update(job, completed=done, total=total))
         warn_processor(err, pred.processor)
         paths = P.write_depth_outputs(pred, img, out, {"image": str(image), "model": model, "settings_from": source, "intrinsics_estimated": estimated})
+    _say_truncated(err, sum(f == TRUNCATED for f in pred.failures), len(pred.depth), "depths")
     typer.echo(f"{int(pred.valid.sum())} of {len(pred.depth)} depths parsed ({pred.depth_type}, metres); wrote " + ", ".join(str(p) for p in paths.values()))
 
 
@@ -227,7 +247,8 @@ def predict_pose_command(
     fx2: float | None = _FX2, fy2: float | None = typer.Option(None, "--fy2"), cx2: float | None = typer.Option(None, "--cx2"), cy2: float | None = typer.Option(None, "--cy2"),
     estimate_intrinsics: bool = _ESTIMATE, hfov: float = _HFOV,
     meta: str | None = _META, focal: float | None = _FOCAL,
-    max_new_tokens: int = typer.Option(POSE.max_new_tokens, "--max-new-tokens", min=1, help="Answer length cap."),
+    max_new_tokens: int | None = _MAX_NEW,
+    profile: str | None = _PROFILE,
     device: str = _DEVICE,
     api_key: str | None = _API_KEY, served_model_name: str | None = _SERVED,
 ) -> None:
@@ -238,13 +259,15 @@ def predict_pose_command(
     with _one_line_errors(err):
         a, b = P.load_image(image1), P.load_image(image2)
         K1, K2, estimated = _pair_intrinsics(err, a, b, (fx, fy, cx, cy), (fx2, fy2, cx2, cy2), estimate_intrinsics, hfov)
-        backend, settings, _ = open_for_predict(model, meta=meta, api_key=api_key, served_model_name=served_model_name, device=device, focal=focal)
+        backend, settings, _ = open_for_predict(model, POSE, meta=meta, profile=profile, api_key=api_key, served_model_name=served_model_name, device=device, focal=focal)
         result = P.predict_pose(backend, a, b, K1, K2, settings, max_new_tokens=max_new_tokens)
         warn_processor(err, result.processor)
         doc = {"image1": image1, "image2": image2, "model": model, "intrinsics_estimated": estimated, **result.to_dict()}
         _write_json(out, "pose.json", doc)
     typer.echo(json.dumps(doc, indent=1))
-    if not result.parsed:
+    if result.truncated:
+        _say(err, f"warning: failed: {TRUNCATED} (raise --max-new-tokens; see raw)")
+    elif not result.parsed:
         _say(err, "warning: the answer did not parse as a pose (see raw)")
 
 
@@ -260,7 +283,8 @@ def predict_match_command(
     estimate_intrinsics: bool = _ESTIMATE, hfov: float = _HFOV,
     meta: str | None = _META, focal: float | None = _FOCAL, n_coords: int | None = _NCOORDS,
     batch_size: int | None = _BATCH,
-    max_new_tokens: int = typer.Option(CORRESPONDENCE.max_new_tokens, "--max-new-tokens", min=1, help="Answer length cap."),
+    max_new_tokens: int | None = _MAX_NEW,
+    profile: str | None = _PROFILE,
     device: str = _DEVICE,
     api_key: str | None = _API_KEY, served_model_name: str | None = _SERVED,
 ) -> None:
@@ -272,17 +296,18 @@ def predict_match_command(
         a, b = P.load_image(image1), P.load_image(image2)
         K1, K2, estimated = _pair_intrinsics(err, a, b, (fx, fy, cx, cy), (fx2, fy2, cx2, cy2), estimate_intrinsics, hfov)
         pts = P.from_cli_pixels(parse_cli_points(points))
-        backend, settings, _ = open_for_predict(model, meta=meta, api_key=api_key, served_model_name=served_model_name, batch_size=batch_size, device=device, focal=focal, n_coords=n_coords)
+        backend, settings, _ = open_for_predict(model, CORRESPONDENCE, meta=meta, profile=profile, api_key=api_key, served_model_name=served_model_name, batch_size=batch_size, device=device, focal=focal, n_coords=n_coords)
         pred = P.predict_match(backend, a, b, pts, K1, K2, settings, max_new_tokens=max_new_tokens)
         warn_processor(err, pred.processor)
-        rows = [{"x1": float(p[0]), "y1": float(p[1]), "x2": float(q[0]) if ok else None, "y2": float(q[1]) if ok else None, "raw": r, "parsed": bool(ok)}
-                for p, q, r, ok in zip(P.to_cli_pixels(pred.uv1), P.to_cli_pixels(pred.uv2), pred.raw, pred.parsed)]
+        rows = [{"x1": float(p[0]), "y1": float(p[1]), "x2": float(q[0]) if ok else None, "y2": float(q[1]) if ok else None, "raw": r, "parsed": bool(ok), "failure": why}
+                for p, q, r, ok, why in zip(P.to_cli_pixels(pred.uv1), P.to_cli_pixels(pred.uv2), pred.raw, pred.parsed, pred.failures)]
         _write_json(out, "matches.json", {
             "image1": image1, "image2": image2, "model": model, "intrinsics_estimated": estimated,
             "pixel_convention": "x = column, y = row in pixels of each original image; integer (x, y) is the centre of that pixel (OpenCV)",
             "matches": rows,
         })
         P.plot_matches(pred, a, b, Path(out) / "matches.png")
+    _say_truncated(err, sum(f == TRUNCATED for f in pred.failures), len(pred.uv1), "matches")
     typer.echo(f"{int(pred.parsed.sum())} of {len(pred.uv1)} matches parsed; wrote {Path(out) / 'matches.json'}, {Path(out) / 'matches.png'}")
 
 
@@ -298,7 +323,8 @@ def predict_object_command(
     fx: float | None = _FX, fy: float | None = _FY, cx: float | None = _CX, cy: float | None = _CY,
     estimate_intrinsics: bool = _ESTIMATE, hfov: float = _HFOV,
     meta: str | None = _META, focal: float | None = _FOCAL, n_coords: int | None = _NCOORDS,
-    max_new_tokens: int = typer.Option(OBJECT.max_new_tokens, "--max-new-tokens", min=1, help="Answer length cap."),
+    max_new_tokens: int | None = _MAX_NEW,
+    profile: str | None = _PROFILE,
     device: str = _DEVICE,
     api_key: str | None = _API_KEY, served_model_name: str | None = _SERVED,
 ) -> None:
@@ -316,15 +342,16 @@ def predict_object_command(
             P.ask_kind(ask)
         if estimated:
             warn_estimated(err, K, hfov)
-        backend, settings, _ = open_for_predict(model, meta=meta, api_key=api_key, served_model_name=served_model_name, device=device, focal=focal, n_coords=n_coords)
+        backend, settings, _ = open_for_predict(model, OBJECT, meta=meta, profile=profile, api_key=api_key, served_model_name=served_model_name, device=device, focal=focal, n_coords=n_coords)
         corner = [tuple(v + 0.5 for v in b) for b in boxes]  # OpenCV pixel centres -> corner-origin
         answers = P.predict_object(backend, img, K, corner, question=question, ask=ask, kind=kind, settings=settings, max_new_tokens=max_new_tokens)
         doc = {
             "image": image, "model": model, "intrinsics_estimated": estimated, "boxes": [list(b) for b in boxes],
-            "answers": [{"question": a.question, "raw": a.raw, "kind": a.kind, "value": a.value, "boxes": [chr(ord("A") + i) for i in a.boxes]} for a in answers],
+            "answers": [{"question": a.question, "raw": a.raw, "kind": a.kind, "value": a.value, "failure": a.failure, "boxes": [chr(ord("A") + i) for i in a.boxes]} for a in answers],
         }
         _write_json(out, "answers.json", doc)
     typer.echo(json.dumps(doc, indent=1))
+    _say_truncated(err, sum(a.truncated for a in answers), len(answers), "answers")
 
 
 for _alias in CORRESPONDENCE.aliases:  # `vlm3 predict corr`

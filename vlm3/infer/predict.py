@@ -26,20 +26,33 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vlm3.ask import Answer, ask
+from vlm3.ask import TRUNCATED, UNPARSED, Answer, ask
 from vlm3.data.records import Record, View
 from vlm3.geometry.camera import Intrinsics, backproject, convert_depth
 from vlm3.models.backend import Backend
 from vlm3.settings import ASK_FIELDS, Settings
 from vlm3.tasks.base import Query, Task
-from vlm3.tasks.correspondence import CORRESPONDENCE, correspondence_question
-from vlm3.tasks.depth import DEPTH, depth_question
-from vlm3.tasks.object3d import OBJECT, PREDICATES, QUALITATIVE_QUESTIONS, QUANTITIES, SINGLE_OBJECT_QUANTITIES
-from vlm3.tasks.pose import POSE, pose_prompt
+from vlm3.tasks.common import encode_view_pixels
+from vlm3.tasks.correspondence import CORRESPONDENCE, profile_question
+from vlm3.tasks.depth import DEPTH, DEPTHLM_QUESTION, draw_marker, marker_pixels, profile_depth_question
+from vlm3.tasks.object3d import (
+    OBJECT,
+    PREDICATES,
+    QUALITATIVE_QUESTIONS,
+    QUANTITIES,
+    SINGLE_OBJECT_QUANTITIES,
+    ZERO_SHOT_ANSWER,
+    ZERO_SHOT_SUFFIX,
+)
+from vlm3.tasks.pose import POSE, pose_query
 from vlm3.tasks.samples import Sample, transform_views
-from vlm3.textref import encode_box, encode_pixels, format_box
+from vlm3.textref import encode_box, format_box
 
 HFOV_GUESS_DEG = 60.0
+#: Why a depth point has no answer when it was not asked (a ``size_multiple`` crop cut it off).
+OUTSIDE_VIEW = "outside the model's view"
+#: Why a depth answer that parsed is still no depth.
+NOT_POSITIVE = "not a positive depth"
 ImageInput = str | Path | np.ndarray | Image.Image
 Progress = Callable[[int, int], None]  # (done, total) questions
 
@@ -95,12 +108,6 @@ def grid_pixels(width: int, height: int, stride: int) -> tuple[np.ndarray, tuple
     return np.stack([gx.ravel(), gy.ravel()], axis=1), gx.shape
 
 
-def predict_settings(model: Settings | None = None, **overrides: Any) -> Settings:
-    """Settings of a prediction: ``overrides`` (None = unset), else the model's (its ``vlm3.json``),
-    else the defaults. Raises SettingsError (a ValueError) naming a bad field."""
-    return (model or Settings()).with_values(**{k: v for k, v in overrides.items() if v is not None})
-
-
 def _check_pixels(uv: np.ndarray, K: Intrinsics, where: str) -> None:
     ok = np.isfinite(uv).all(axis=1) & K.contains(uv)
     if not ok.all():
@@ -126,7 +133,7 @@ def _ask_all(backend: Backend, sample: Sample, queries: list[Query], max_new_tok
         got.update((a.query.question, a) for a in ask(backend, sample, max_new_tokens=max_new_tokens, queries=unique[start : start + chunk_size]))
         if progress is not None:
             progress(min(start + chunk_size, len(unique)), len(unique))
-    return [Answer(q, got[q.question].raw, got[q.question].pred) for q in queries]
+    return [Answer(q, got[q.question].raw, got[q.question].pred, got[q.question].truncated) for q in queries]
 
 
 def processor_note(backend: Backend, sample: Sample) -> dict[str, Any] | None:
@@ -155,7 +162,8 @@ class DepthPrediction:
 
     ``uv``: (N, 2) corner-origin pixels; ``depth``: (N,) metres in ``depth_type`` (``"range"``:
     from the camera centre, ``"z"``: along the optical axis), NaN where the answer did not parse
-    or the pixel lies outside the model's view; ``coords``: text coordinates asked (-1 outside).
+    or the pixel lies outside the model's view; ``coords``: text coordinates asked (-1 outside);
+    ``truncated``: answers cut off at the token limit (failures; None: none were).
     """
 
     uv: np.ndarray
@@ -168,11 +176,30 @@ class DepthPrediction:
     grid_shape: tuple[int, int] | None = None
     settings: Settings = field(default_factory=Settings)
     processor: dict[str, Any] | None = None
+    truncated: np.ndarray | None = None
 
     @property
     def valid(self) -> np.ndarray:
         """Points with a usable depth (parsed, finite, > 0)."""
         return np.isfinite(self.depth) & (self.depth > 0)
+
+    @property
+    def failures(self) -> list[str | None]:
+        """Why each point has no depth (None where it has one): truncated at the token limit,
+        outside the model's view, unparsed, or not a positive depth."""
+        valid = self.valid
+        truncated = self.truncated if self.truncated is not None else np.zeros(len(self.depth), dtype=bool)
+        out: list[str | None] = []
+        for i in range(len(self.depth)):
+            if valid[i]:
+                out.append(None)
+            elif truncated[i]:
+                out.append(TRUNCATED)
+            elif (np.asarray(self.coords[i]) < 0).any():
+                out.append(OUTSIDE_VIEW)
+            else:
+                out.append(UNPARSED if not self.parsed[i] else NOT_POSITIVE)
+        return out
 
     @property
     def z(self) -> np.ndarray:
@@ -234,15 +261,20 @@ def predict_depth(
     fwd = sample.view.transforms[0].forward(uv)
     inside = U.contains(fwd)  # a size_multiple crop can cut the right/bottom edge
     coords = np.full((len(uv), 2), -1, dtype=np.int64)
-    coords[inside] = encode_pixels(fwd[inside], U.width, U.height, s.n_coords)
-    queries = [Query(depth_question(*coords[i], s.n_coords), None, None, int(i)) for i in np.flatnonzero(inside)]
+    if s.profile == "depthlm":  # DepthLM: a marker drawn on a copy of the image per point
+        coords[inside] = marker_pixels(sample.view, fwd[inside])
+        queries = [Query(DEPTHLM_QUESTION, None, None, int(i), images=[draw_marker(sample.images[0], *map(int, coords[i]))]) for i in np.flatnonzero(inside)]
+    else:
+        coords[inside] = encode_view_pixels(sample.view, 0, fwd[inside], s)
+        queries = [Query(profile_depth_question(*coords[i], s), None, None, int(i)) for i in np.flatnonzero(inside)]
     raw, depth, parsed = [""] * len(uv), np.full(len(uv), np.nan), np.zeros(len(uv), dtype=bool)
+    truncated = np.zeros(len(uv), dtype=bool)
     for a in _ask_all(backend, sample, queries, max_new_tokens, chunk_size, progress):
         i = a.query.label
-        raw[i], parsed[i] = a.raw, a.parsed
+        raw[i], parsed[i], truncated[i] = a.raw, a.parsed, a.truncated
         if a.parsed and a.pred > 0:
             depth[i] = a.pred
-    return DepthPrediction(uv, depth, s.depth_type, raw, parsed, K, coords, shape, s, processor_note(backend, sample))
+    return DepthPrediction(uv, depth, s.depth_type, raw, parsed, K, coords, shape, s, processor_note(backend, sample), truncated)
 
 
 # --- pose ---------------------------------------------------------------------------------------
@@ -255,7 +287,7 @@ class PoseResult:
     ``yaw``/``pitch``/``roll`` (degrees): camera 2's orientation in camera 1 (+yaw = turned right,
     +pitch = looking up); ``direction``: unit vector to camera 2's centre in camera 1;
     ``distance``: metres between the centres (None if not answered; ``t`` is then unit length).
-    All None when the answer did not parse.
+    All None when the answer did not parse; ``truncated``: it was cut off at the token limit.
     """
 
     R: np.ndarray | None
@@ -268,6 +300,12 @@ class PoseResult:
     raw: str
     parsed: bool
     processor: dict[str, Any] | None = None
+    truncated: bool = False
+
+    @property
+    def failure(self) -> str | None:
+        """Why there is no pose (None when the answer parsed)."""
+        return TRUNCATED if self.truncated else None if self.parsed else UNPARSED
 
     def to_dict(self) -> dict[str, Any]:
         as_list = lambda a: None if a is None else np.asarray(a).tolist()  # noqa: E731
@@ -276,7 +314,7 @@ class PoseResult:
             "R": as_list(self.R), "t": as_list(self.t),
             "yaw_deg": self.yaw, "pitch_deg": self.pitch, "roll_deg": self.roll,
             "distance_m": self.distance, "direction": as_list(self.direction),
-            "raw": self.raw, "parsed": self.parsed,
+            "raw": self.raw, "parsed": self.parsed, "failure": self.failure,
         }
 
 
@@ -295,10 +333,10 @@ def predict_pose(
     from vlm3.geometry.pose import camera2_center_in_cam1, make_T, rotation_to_ypr
 
     sample = _sample(POSE, [load_image(image1), load_image(image2)], [K1, K2 or K1], settings or Settings())
-    (answer,) = ask(backend, sample, max_new_tokens=max_new_tokens, queries=[Query(pose_prompt(True), None, None)])
+    (answer,) = ask(backend, sample, max_new_tokens=max_new_tokens, queries=[pose_query(sample.settings, True)])
     note = processor_note(backend, sample)
     if answer.pred is None:
-        return PoseResult(None, None, None, None, None, None, None, answer.raw, False, note)
+        return PoseResult(None, None, None, None, None, None, None, answer.raw, False, note, answer.truncated)
     R, t = np.asarray(answer.pred["R"]), np.asarray(answer.pred["t"])
     c = camera2_center_in_cam1(make_T(R, t))
     n = float(np.linalg.norm(c))
@@ -311,13 +349,21 @@ def predict_pose(
 @dataclass
 class MatchPrediction:
     """Pixels of image 2 matching ``uv1`` of image 1 (both corner-origin, original frames);
-    ``uv2`` is NaN where the answer did not parse (or the pixel left the unified view)."""
+    ``uv2`` is NaN where the answer did not parse (or the pixel left the unified view);
+    ``truncated``: answers cut off at the token limit (failures; None: none were)."""
 
     uv1: np.ndarray
     uv2: np.ndarray
     raw: list[str]
     parsed: np.ndarray
     processor: dict[str, Any] | None = None
+    truncated: np.ndarray | None = None
+
+    @property
+    def failures(self) -> list[str | None]:
+        """Why each point has no match (None where it has one)."""
+        truncated = self.truncated if self.truncated is not None else np.zeros(len(self.uv1), dtype=bool)
+        return [None if ok else TRUNCATED if cut else UNPARSED for ok, cut in zip(self.parsed, truncated)]
 
 
 def predict_match(
@@ -343,15 +389,16 @@ def predict_match(
     U1 = sample.view.record.views[0].K
     fwd = sample.view.transforms[0].forward(uv1)
     inside = np.flatnonzero(U1.contains(fwd))
-    coords = encode_pixels(fwd[inside], U1.width, U1.height, s.n_coords)
-    queries = [Query(correspondence_question(*c), None, None, int(i)) for i, c in zip(inside, coords)]
+    coords = encode_view_pixels(sample.view, 0, fwd[inside], s)
+    queries = [Query(profile_question(*c, s), None, None, int(i)) for i, c in zip(inside, coords)]
     uv2, raw, parsed = np.full((len(uv1), 2), np.nan), [""] * len(uv1), np.zeros(len(uv1), dtype=bool)
+    truncated = np.zeros(len(uv1), dtype=bool)
     for a in _ask_all(backend, sample, queries, max_new_tokens, chunk_size, progress):
         i = a.query.label
-        raw[i], parsed[i] = a.raw, a.parsed
+        raw[i], parsed[i], truncated[i] = a.raw, a.parsed, a.truncated
         if a.parsed:
             uv2[i] = a.pred  # CORRESPONDENCE.read maps it back to image 2's original pixels
-    return MatchPrediction(uv1, uv2, raw, parsed, processor_note(backend, sample))
+    return MatchPrediction(uv1, uv2, raw, parsed, processor_note(backend, sample), truncated)
 
 
 # --- objects ------------------------------------------------------------------------------------
@@ -362,7 +409,8 @@ class ObjectAnswer:
     """One object question: the text asked, the answer, its parsed value and the boxes involved.
 
     ``value``: bool (qualitative), metres (quantitative), clock hour 1..12 (direction), or None
-    (not parsed, or a free question without ``kind``).
+    (not parsed, or a free question without ``kind``); ``truncated``: the answer was cut off at
+    the token limit (``value`` is then None).
     """
 
     question: str
@@ -370,6 +418,14 @@ class ObjectAnswer:
     kind: str | None
     value: bool | float | int | None
     boxes: list[int]
+    truncated: bool = False
+
+    @property
+    def failure(self) -> str | None:
+        """Why there is no value (None when there is one, or nothing was to be parsed: no ``kind``)."""
+        if self.truncated:
+            return TRUNCATED
+        return UNPARSED if self.value is None and self.kind is not None else None
 
 
 def ask_kind(name: str) -> str:
@@ -412,8 +468,11 @@ def predict_object(
             raise ValueError(f"box {i + 1} = {tuple(float(v) for v in b)} must have x_min < x_max and y_min < y_max")
     sample = _sample(OBJECT, [load_image(image)], [K], s)
     U = sample.view.record.views[0].K
-    mapped = np.clip(sample.view.transforms[0].boxes_forward(arr), 0, [U.width, U.height, U.width, U.height])
-    regions = [f"bounding box region {format_box(encode_box(tuple(b), U.width, U.height, s.n_coords, clamp=True))}" for b in mapped]
+    if s.profile == "vlm3-release":  # SpatialRGPT's pipeline: the original box over the original size
+        boxed, W, H = arr, K.width, K.height
+    else:
+        boxed, W, H = np.clip(sample.view.transforms[0].boxes_forward(arr), 0, [U.width, U.height, U.width, U.height]), U.width, U.height
+    regions = [f"bounding box region {format_box(encode_box(tuple(b), W, H, s.n_coords, clamp=True))}" for b in boxed]
     asks: list[tuple[str, str | None, list[int]]] = []
     if question is not None:
         names = {chr(ord("A") + i): r for i, r in enumerate(regions)}
@@ -436,9 +495,11 @@ def predict_object(
             rel = PREDICATES[ask][1] if ask in PREDICATES else ""
             template = QUALITATIVE_QUESTIONS[0] if ask in PREDICATES else QUANTITIES[ask][0][0]
             asks += [(cap(template.format(a=regions[0], rel=rel, b=regions[j])), k, [0, j]) for j in range(1, len(arr))]
+    if s.profile == "zero-shot":
+        asks = [(text + ZERO_SHOT_SUFFIX.format(n=s.n_coords, how=ZERO_SHOT_ANSWER.get(k or "", "")).rstrip(), k, idx) for text, k, idx in asks]
     queries = [Query(text, None, None, i, {"boxes": idx}, k) for i, (text, k, idx) in enumerate(asks)]
     answers = _ask_all(backend, sample, queries, max_new_tokens, 64)
-    return [ObjectAnswer(a.query.question, a.raw, a.query.context, a.pred, a.query.fields["boxes"]) for a in answers]
+    return [ObjectAnswer(a.query.question, a.raw, a.query.context, a.pred, a.query.fields["boxes"], a.truncated) for a in answers]
 
 
 # --- files --------------------------------------------------------------------------------------
@@ -451,10 +512,11 @@ def write_depth_outputs(pred: DepthPrediction, image: ImageInput, out: str | Pat
     out.mkdir(parents=True, exist_ok=True)
     img = load_image(image)
     xy, xyz, z, rng, valid = to_cli_pixels(pred.uv), pred.points_cam(), pred.z, pred.range, pred.valid
+    failures = pred.failures
     num = lambda a, i: float(a[i]) if valid[i] else None  # noqa: E731
     rows = [
         {"x": float(xy[i, 0]), "y": float(xy[i, 1]), "depth_m": num(pred.depth, i), "z_m": num(z, i), "range_m": num(rng, i),
-         "xyz_m": xyz[i].tolist() if valid[i] else None, "raw": pred.raw[i], "parsed": bool(pred.parsed[i])}
+         "xyz_m": xyz[i].tolist() if valid[i] else None, "raw": pred.raw[i], "parsed": bool(pred.parsed[i]), "failure": failures[i]}
         for i in range(len(pred.uv))
     ]
     K = pred.K
@@ -468,7 +530,7 @@ def write_depth_outputs(pred: DepthPrediction, image: ImageInput, out: str | Pat
         "camera_frame": "xyz_m: X right, Y down, Z forward, metres, original camera",
         "settings": pred.settings.model_dump(mode="json", include=set(ASK_FIELDS)),
         "processor": pred.processor,
-        "n": len(rows), "valid": int(valid.sum()), "parsed": int(pred.parsed.sum()),
+        "n": len(rows), "valid": int(valid.sum()), "parsed": int(pred.parsed.sum()), "truncated": sum(f == TRUNCATED for f in failures),
         "grid": {"rows": pred.grid_shape[0], "cols": pred.grid_shape[1]} if pred.grid_shape else None,
         "points": rows,
     }

@@ -123,13 +123,16 @@ class Backend(ABC):
         questions: Sequence[str],
         max_new_tokens: int = 64,
         system: str | None = None,
-    ) -> list[str]:
-        """Answers to many single-turn questions about the same image(s).
+    ) -> list[Completion]:
+        """Answers to many single-turn questions about the same image(s), as completions in order.
 
-        Each answer is exactly what ``generate([single_turn(images, q, system)])`` gives; backends
-        override this to share the image work between questions.
+        Each answer is exactly what ``generate`` / ``complete([single_turn(images, q, system)])``
+        gives for that single question: the same text, and the same ``finish_reason`` (``"length"``
+        when the answer hit ``max_new_tokens`` before its end-of-turn token, so callers can tell a
+        cut-off answer from a finished one). Backends override this to share the image work
+        between questions.
         """
-        return self.generate([single_turn(images, q, system) for q in questions], max_new_tokens)
+        return self.complete([single_turn(images, q, system) for q in questions], max_new_tokens)
 
     def close(self) -> None:
         """Release resources (connections, engines). The default does nothing."""

@@ -6,7 +6,8 @@ answers do not depend on the batch size or on which requests share a batch.
 :meth:`LocalBackend.query_many` answers many questions about the same image(s) by running the
 vision encoder and the shared prompt prefix once (system prompt, user header, all image tokens and
 the common start of the question text) and decoding the questions in batches on copies of that
-prefix's KV cache. Answers equal one ``generate`` call per question:
+prefix's KV cache. Answers (text, token counts, finish reason) equal one ``complete`` call per
+question:
 
 - Token ids are those the processor gives for each full prompt; the prefix is their longest common
   prefix, so every row sees exactly its own uncached token sequence.
@@ -177,10 +178,12 @@ class LocalBackend(Backend):
         questions: Sequence[str],
         max_new_tokens: int = 64,
         system: str | None = None,
-    ) -> list[str]:
+    ) -> list[Completion]:
         """Answers to single-turn questions about the same image(s), sharing the prefix's KV cache.
 
-        Equal to ``generate([single_turn(images, q, system)])`` for each question.
+        Equal to ``complete([single_turn(images, q, system)])`` for each question: the same text,
+        token counts and finish reason (``"length"`` for a row that reached ``max_new_tokens``
+        without an end-of-turn token, ``"stop"`` otherwise), on both paths.
         """
         import torch
 
@@ -194,7 +197,7 @@ class LocalBackend(Backend):
             prefix, reason = self._plan_prefix(requests) if self.reuse_prefix else (None, "disabled")
             if prefix is None:
                 self.prefix_reuse = f"batched: {reason}"
-                return self.generate(requests, max_new_tokens)
+                return self.complete(requests, max_new_tokens)
             lengths = [len(x) for x in prefix.suffixes]
             self.prefix_reuse = (
                 f"prefix: {len(prefix.ids)} shared tokens, {len(lengths)} suffixes of {min(lengths)}-{max(lengths)} tokens"
@@ -229,7 +232,7 @@ class LocalBackend(Backend):
         vision = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
         return _Prefix(first[:p], mm_types[:p], vision, suffixes), ""
 
-    def _query_with_prefix(self, prefix: _Prefix, max_new_tokens: int) -> list[str]:
+    def _query_with_prefix(self, prefix: _Prefix, max_new_tokens: int) -> list[Completion]:
         import torch
 
         device = self.model.device
@@ -251,12 +254,14 @@ class LocalBackend(Backend):
 
         # Shortest suffixes together: less padding; answers do not depend on the grouping.
         order = sorted(range(len(prefix.suffixes)), key=lambda i: len(prefix.suffixes[i]))
-        answers: list[str] = [""] * len(order)
+        answers: list[Completion] = [Completion("")] * len(order)
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
             batch = [prefix.suffixes[i] for i in rows]
             for i, tokens in zip(rows, self._decode_suffixes(prefix, prefix_kv, batch, vision, max_new_tokens)):
-                answers[i] = self._decode(tokens)
+                # A finished row's tokens end with its end-of-turn token ("stop"); a row without one
+                # ran out of max_new_tokens ("length"). The prompt is the prefix plus the row's suffix.
+                answers[i] = self._completion(tokens, P + len(prefix.suffixes[i]))
         return answers
 
     def _decode_suffixes(
@@ -331,10 +336,6 @@ class LocalBackend(Backend):
 
     def _render(self, messages: list[dict]) -> str:
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    def _decode(self, tokens: list[int]) -> str:
-        """Text of generated tokens up to (not including) the first end-of-turn token."""
-        return self._completion(tokens, None).text
 
     def _completion(self, tokens: list[int], prompt_tokens: int | None) -> Completion:
         # generate() pads finished rows; the answer ends at the first end-of-turn token.

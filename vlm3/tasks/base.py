@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from vlm3.profiles import TaskProfile
 from vlm3.tasks.common import as_float
 
 if TYPE_CHECKING:
@@ -36,6 +37,10 @@ class Query:
     ``label`` is the index of the record label it asks about (None: one question per record);
     ``fields`` are JSON values written beside the answer (pixels in the original image, text
     coordinates asked, question kind); ``context`` is what the parser needs and is not saved.
+    ``parts``: when set, the question is asked as these separate single-turn questions and the
+    answers are joined with newlines, in order, before parsing (a profile that asks a pose as four
+    questions); ``question`` is then their newline-joined text. ``images``: this question's own
+    images (DepthLM's marker drawn on a copy), else the sample's; not saved.
     """
 
     question: str
@@ -44,6 +49,8 @@ class Query:
     label: int | None = None
     fields: dict[str, Any] = field(default_factory=dict)
     context: Any = None
+    parts: list[str] | None = None
+    images: list[Any] | None = None
 
 
 Built = tuple[list[dict], list[Query]]
@@ -65,6 +72,10 @@ class Task:
     max_new_tokens: ClassVar[int] = 32  # default generation limit per question
     answer_styles: ClassVar[tuple[str, ...]] = ("short",)  # values of Settings.answer_style it knows
     score_format: ClassVar[str] = ""  # one line for ``vlm3 score --help``: the JSONL fields
+    scoring_options: ClassVar[tuple[str, ...]] = ()  # options of :meth:`metrics` a bench's ``scoring`` / the CLI may set
+    # The prompt profiles (vlm3.profiles) this task speaks besides vlm3's own, and what each fixes;
+    # build / prompts / read branch on ``settings.profile``.
+    profiles: ClassVar[dict[str, TaskProfile]] = {}
 
     # --- data -----------------------------------------------------------------------------------
 
@@ -105,8 +116,15 @@ class Task:
         """
         raise NotImplementedError
 
-    def metrics(self, lines: list[dict[str, Any]]) -> dict[str, Any]:
-        """Metrics of prediction lines; must include ``n``, ``parsed`` and ``failed``. Must be implemented."""
+    def metrics(self, lines: list[dict[str, Any]], options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Metrics of prediction lines; must include ``n``, ``parsed`` and ``failed``. Must be implemented.
+
+        ``options`` are scoring options and context, each optional; a task reads the keys it knows
+        and ignores the rest: ``pair_order`` (pose: which relative transform is compared),
+        ``n_coords`` (the text-coordinate range N the questions used), ``views`` (evaluation:
+        ``{record id: [[width, height, sx, sy] per view]}``, each view's size as the model was
+        shown it and its scale from the original image).
+        """
         raise NotImplementedError
 
     def score_line(self, line: ScoreLine, n_coords: int) -> dict[str, Any]:

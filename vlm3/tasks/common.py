@@ -235,3 +235,49 @@ def assistant_turn(text: str) -> dict:
     """An assistant message holding one text part."""
     return {"role": "assistant", "content": [{"type": "text", "text": text}]}
 
+
+
+# --- text coordinates of a transformed view -----------------------------------------------------
+
+
+def view_text_coords(view: Any, index: int, pixels: np.ndarray, settings: Any) -> np.ndarray:
+    """Normalised text coordinates (N, 2) floats, unrounded, of pixels of view ``index`` of a
+    transformed record (``vlm3.data.unify.UnifiedRecord``), in [0, ``settings.n_coords``).
+
+    ``settings.pixel_convention``: ``"center"`` (vlm3, ``vlm3.textref``): x / W * N with x the
+    continuous corner-origin position; ``"index"`` (the released checkpoints): the original integer
+    pixel index scaled with the image, (x - s_x / 2) / W * N, so an original pixel centre i + 0.5
+    gives i * s_x / W * N.
+    """
+    K = view.record.views[index].K
+    xy = np.asarray(pixels, dtype=np.float64).reshape(-1, 2)
+    if settings.pixel_convention == "index":
+        t = view.transforms[index]
+        xy = xy - np.array([0.5 * t.sx, 0.5 * t.sy])
+    return np.stack([xy[:, 0] / K.width, xy[:, 1] / K.height], axis=1) * settings.n_coords
+
+
+def encode_view_pixels(view: Any, index: int, pixels: np.ndarray, settings: Any) -> np.ndarray:
+    """Integer text coordinates (N, 2) of transformed-view pixels: :func:`view_text_coords`
+    rounded half-to-even (Python's ``round``, as the released code does) and kept in [0, N)."""
+    from vlm3.textref import encode_pixels
+
+    if settings.pixel_convention == "center":
+        K = view.record.views[index].K
+        return encode_pixels(pixels, K.width, K.height, settings.n_coords)
+    coords = np.round(view_text_coords(view, index, pixels, settings))
+    return np.clip(coords, 0, settings.n_coords - 1).astype(np.int64)
+
+
+def original_pixel(view: Any, index: int, coords: Sequence[float], settings: Any) -> list[float]:
+    """The ORIGINAL-image pixel (x, y) that text coordinates ``coords`` of view ``index`` name
+    (the inverse of :func:`view_text_coords`; no range check: a point off the image is a
+    prediction with a large error, not an unreadable one)."""
+    K = view.record.views[index].K
+    n = settings.n_coords
+    xy = np.array([[float(coords[0]) / n * K.width, float(coords[1]) / n * K.height]])
+    if settings.pixel_convention == "index":
+        t = view.transforms[index]
+        xy = xy + np.array([0.5 * t.sx, 0.5 * t.sy])
+    out = view.transforms[index].backward(xy)[0]
+    return [float(out[0]), float(out[1])]

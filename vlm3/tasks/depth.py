@@ -22,14 +22,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from vlm3 import plotting
 from vlm3.geometry.camera import convert_depth
-from vlm3.settings import DEFAULT_N_COORDS
+from vlm3.profiles import TaskProfile
+from vlm3.settings import DEFAULT_FOCAL_PX, DEFAULT_N_COORDS, Settings
 from vlm3.tasks.base import Query, ScoreLine, Task, is_numeric, register, short
-from vlm3.tasks.common import as_float, assistant_turn, extract_answer, mean_or_nan, parse_length, share, user_turn
+from vlm3.tasks.common import (
+    as_float,
+    assistant_turn,
+    encode_view_pixels,
+    extract_answer,
+    mean_or_nan,
+    parse_length,
+    share,
+    user_turn,
+)
 from vlm3.tasks.samples import choose
-from vlm3.textref import encode_pixels
 
 STYLES: tuple[str, ...] = ("short", "sentence", "depthlm")
 PACKINGS: tuple[str, ...] = ("multi_turn", "single_turn")
@@ -41,6 +51,91 @@ _ITEM = re.compile(r"^[ \t]*(\d{1,4})[ \t]*(?:[.)][ \t]+|[.)]?[ \t]*:[ \t]*)", r
 def depth_question(nx: int, ny: int, n: int = DEFAULT_N_COORDS) -> str:
     """The paper's prompt for the pixel at text coordinates (nx, ny) in [0, n)."""
     return f"How far is the pixel at ({int(nx)}, {int(ny)}) from the camera? Both x and y are normalized to between [0, {int(n)})."
+
+
+# The released VLM3-depth prompt (facebookresearch/VLM3, README and inference.ipynb), verbatim but
+# for the range, and its parser: a bare number between <answer> tags, else no prediction.
+RELEASE_DEPTH_QUESTION = (
+    "Given this image, how far is the point at coordinates ({nx}, {ny}) from the camera? The coordinates are in "
+    "normalised [0, {n}] format relative to image width and height. Output the thinking process in <think> </think> "
+    "and final answer (the meter number only, without the unit) in <answer> </answer> tags."
+)
+_RELEASE_ANSWER = re.compile(r"<answer>\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*</answer>")
+
+ZERO_SHOT_DEPTH_QUESTION = (
+    "How far from the camera is the point at ({nx}, {ny}) in this image? The coordinates are the point's column "
+    "and row, normalised to [0, {n}) across the image width and height, with (0, 0) at the top-left corner. "
+    "Give {what} in meters. Answer with the number only, for example 2.35."
+)
+_ZERO_SHOT_WHAT = {
+    "range": "the straight-line distance from the camera centre to the point",
+    "z": "the depth of the point along the camera's viewing direction",
+}
+
+
+# DepthLM's prompt (facebookresearch/DepthLM_Official utils/datasets.py), verbatim: the pixel is the
+# one a red arrow drawn on the image points at (:func:`draw_marker`).
+DEPTHLM_QUESTION = (
+    "Given this image, how far is the point pointed by the red arrow from the camera? Output the thinking process "
+    "in <think> </think> and final answer (the meter number only, without the unit) in <answer> </answer> tags."
+)
+MARKER_RGB = (255, 0, 0)
+MARKER_ARM_PX = 5
+
+
+def draw_marker(image: Image.Image, col: int, row: int) -> Image.Image:
+    """A copy of ``image`` with DepthLM's marker pointing at integer pixel (col, row).
+
+    DepthLM's marker is nine single red pixels forming a right-pointing arrow "-->": the shaft at
+    (col-5 .. col-1, row) and the head at (col-2, row±1), (col-3, row±2); the pixel itself is left
+    untouched. DepthLM drops points within 5 px of the border; here such points are asked with the
+    arrow's off-image pixels left out, so that every label is scored.
+    """
+    out = image.convert("RGB") if image.mode != "RGB" else image.copy()
+    painted = [(col - k, row) for k in range(1, MARKER_ARM_PX + 1)]
+    for k in range(1, MARKER_ARM_PX // 2 + 1):
+        painted += [(col - k - 1, row - k), (col - k - 1, row + k)]
+    for x, y in painted:
+        if 0 <= x < out.width and 0 <= y < out.height:
+            out.putpixel((x, y), MARKER_RGB)
+    return out
+
+
+def marker_pixels(view: Any, pixels: np.ndarray) -> np.ndarray:
+    """DepthLM's integer pixels (N, 2) of view 0 of a transformed record: the original integer
+    index i scaled with the image and truncated, int(i * s) (``pixels`` are transformed-image
+    positions of original pixel centres, i + 0.5 scaled by s)."""
+    t = view.transforms[0]
+    xy = np.asarray(pixels, dtype=np.float64).reshape(-1, 2) - np.array([0.5 * t.sx, 0.5 * t.sy])
+    K = view.record.views[0].K
+    return np.clip(np.trunc(xy), 0, [K.width - 1, K.height - 1]).astype(np.int64)
+
+
+def profile_depth_question(nx: int, ny: int, settings: Settings) -> str:
+    """The depth question for text coordinates (nx, ny) in the wording of ``settings.profile``."""
+    n = settings.n_coords
+    if settings.profile == "vlm3-release":
+        return RELEASE_DEPTH_QUESTION.format(nx=int(nx), ny=int(ny), n=n)
+    if settings.profile == "depthlm":
+        return DEPTHLM_QUESTION
+    if settings.profile == "zero-shot":
+        return ZERO_SHOT_DEPTH_QUESTION.format(nx=int(nx), ny=int(ny), n=n, what=_ZERO_SHOT_WHAT[settings.depth_type])
+    return depth_question(nx, ny, n)
+
+
+def profile_depth_answer(depth_m: float, settings: Settings) -> str:
+    """The target answer for a depth in metres in the format of ``settings.profile``."""
+    if settings.profile in ("vlm3-release", "depthlm"):
+        return depth_answer(depth_m, "depthlm")
+    if settings.profile == "zero-shot":
+        return depth_answer(depth_m, "short")
+    return depth_answer(depth_m, settings.answer_style)
+
+
+def parse_release_depth(text: Any) -> float | None:
+    """The released notebook's parser: the number between ``<answer>`` tags, else None."""
+    m = _RELEASE_ANSWER.search(text) if isinstance(text, str) else None
+    return float(m.group(1)) if m else None
 
 
 def _check_depth(depth_m: float) -> float:
@@ -207,6 +302,19 @@ class DepthTask(Task):
     max_new_tokens = 32
     answer_styles = STYLES
     score_format = '{"pred": number | answer text | null, "gt": metres}'
+    profiles = {
+        # inference.ipynb: the image already at f = 1000 (fx and fy), integer pixels i of it named
+        # round(i / W * N); 256 new tokens; the answer must close its <answer> tag.
+        "vlm3-release": TaskProfile(
+            {"unify": True, "focal": DEFAULT_FOCAL_PX, "focal_axes": "xy", "size_multiple": None, "n_coords": DEFAULT_N_COORDS, "pixel_convention": "index"},
+            max_new_tokens=256,
+            require="</answer>",
+        ),
+        # DepthLM_Official eval.py / utils/datasets.py: one scale 750 / fx for both axes, sizes
+        # truncated, the red arrow drawn at int(i * s), DepthLM's prompt, up to 4096 new tokens.
+        "depthlm": TaskProfile({"unify": True, "focal": 750.0, "focal_axes": "x", "size_multiple": None, "pixel_convention": "index"}, max_new_tokens=4096),
+        "zero-shot": TaskProfile({"unify": False, "resize_to": None, "longest_side": None, "n_coords": 1000, "pixel_convention": "center"}, max_new_tokens=256),
+    }
 
     def has_labels(self, record) -> bool:
         return record.depth is not None and len(record.depth.pixels) > 0
@@ -225,15 +333,22 @@ class DepthTask(Task):
         idx = choose(kept, settings.points_per_sample, rng, labels)
         if not idx:
             return [], []
-        coords = encode_pixels(pixels[idx], K.width, K.height, settings.n_coords)
+        if settings.profile == "depthlm":
+            return [], self._marker_queries(view, settings, rng, idx, pixels, depth)
+        coords = encode_view_pixels(view, 0, pixels[idx], settings)
         points = [(int(c[0]), int(c[1])) for c in coords]
         values = [float(depth[i]) for i in idx]
-        messages = depth_messages(points, values, style=settings.answer_style, packing=settings.packing, n=settings.n_coords)
+        if settings.profile == "vlm3":
+            messages = depth_messages(points, values, style=settings.answer_style, packing=settings.packing, n=settings.n_coords)
+        else:  # other profiles' checkpoints were trained one point per turn
+            messages = []
+            for j, ((nx, ny), d) in enumerate(zip(points, values)):
+                messages += [user_turn(profile_depth_question(nx, ny, settings), n_images=int(j == 0)), assistant_turn(profile_depth_answer(d, settings))]
         original = view.source.depth.pixels
         queries = [
             Query(
-                depth_question(nx, ny, settings.n_coords),
-                depth_answer(d, settings.answer_style),
+                profile_depth_question(nx, ny, settings),
+                profile_depth_answer(d, settings),
                 d,
                 int(kept[i]),
                 {"pixel": list(original[kept[i]]), "coords": [nx, ny]},
@@ -242,13 +357,31 @@ class DepthTask(Task):
         ]
         return messages, queries
 
+    def _marker_queries(self, view, settings, rng, idx, pixels, depth) -> list[Query]:
+        """DepthLM's way: one image per point with the marker drawn on it (evaluation only)."""
+        if rng is not None:
+            raise ValueError("the depthlm profile asks with a marker drawn per point; vlm3 trains with text references (profile vlm3)")
+        kept = view.kept["depth"]
+        original = view.source.depth.pixels
+        base = Image.fromarray(view.images[0])
+        queries = []
+        for i, (col, row) in zip(idx, marker_pixels(view, pixels[idx])):
+            d = float(depth[i])
+            fields = {"pixel": list(original[kept[i]]), "marker": [int(col), int(row)]}
+            queries.append(Query(DEPTHLM_QUESTION, depth_answer(d, "depthlm"), d, int(kept[i]), fields, images=[draw_marker(base, int(col), int(row))]))
+        return queries
+
     def prompts(self, settings) -> list[str]:
+        if settings.profile != "vlm3":
+            return [profile_depth_question(0, 0, settings), profile_depth_answer(1.0, settings)]
         return [depth_question(0, 0, settings.n_coords), depth_answer(1.0, settings.answer_style), packed_answer([1.0, 2.5], settings.answer_style)]
 
     def read(self, raw, query, sample):
+        if sample.settings.profile == "vlm3-release":
+            return parse_release_depth(raw)
         return parse_depth(raw)
 
-    def metrics(self, lines):
+    def metrics(self, lines, options=None):
         return depth_metrics([line["pred"] for line in lines], [line["gt"] for line in lines])
 
     def score_line(self, line: ScoreLine, n_coords: int) -> dict[str, Any]:

@@ -30,6 +30,8 @@ import numpy as np
 
 from vlm3 import plotting
 from vlm3.geometry.pose import is_rotation
+from vlm3.profiles import TaskProfile
+from vlm3.settings import DEFAULT_FOCAL_PX
 from vlm3.tasks.base import Query, ScoreLine, Task, register, short
 from vlm3.tasks.common import (
     as_float,
@@ -354,6 +356,26 @@ def object_qas(
     return qas
 
 
+ZERO_SHOT_SUFFIX = (
+    " Bounding box regions are (xMin, yMin, xMax, yMax), normalised to [0, {n}) across the image width and height "
+    "with (0, 0) at the top-left corner. {how}"
+)
+ZERO_SHOT_ANSWER: dict[str, str] = {
+    "qualitative": "Start your answer with yes or no.",
+    "quantitative": "Give the length in meters.",
+    "direction": "Give the direction as a clock hour (12 = straight ahead, 3 = to the right).",
+}
+
+
+def profile_qa(qa: ObjectQA, settings: Any) -> ObjectQA:
+    """``qa`` in the wording of ``settings.profile``: vlm3's and the released checkpoint's are the
+    same SpatialRGPT-style sentences; zero-shot adds the box format and the answer form."""
+    if settings.profile != "zero-shot":
+        return qa
+    suffix = ZERO_SHOT_SUFFIX.format(n=settings.n_coords, how=ZERO_SHOT_ANSWER[qa.kind])
+    return ObjectQA(qa.question + suffix, qa.answer, qa.kind, qa.category, qa.value)
+
+
 def object_messages(qas: Sequence[ObjectQA]) -> list[dict]:
     """Chat messages (HF format): one turn per pair, the image in the first user turn only."""
     messages = []
@@ -538,6 +560,16 @@ class ObjectTask(Task):
     """
 
     name = "object"
+    profiles = {
+        # inference.ipynb / spatialrgpt_labels.json: one scale 1000 / fx for both axes (fy not
+        # forced), sizes truncated, boxes in [0, 1000] of the original size, 512 new tokens.
+        "vlm3-release": TaskProfile(
+            {"unify": True, "focal": DEFAULT_FOCAL_PX, "focal_axes": "x", "size_multiple": None,
+             "n_coords": 1000},
+            max_new_tokens=512,
+        ),
+        "zero-shot": TaskProfile({"unify": False, "resize_to": None, "longest_side": None, "n_coords": 1000}, max_new_tokens=256),
+    }
     description = "SpatialRGPT-style questions about objects named by 2D boxes: relations, distances, sizes"
     label_prefix = "q"
     headline = "qualitative_acc"
@@ -560,7 +592,14 @@ class ObjectTask(Task):
                 return [], []
             raise ValueError(f"record {rec.id}: object questions need two objects with 2D boxes, found {len(objs)}")
         gravity = rec.gravity_cam or DEFAULT_GRAVITY
-        regions = [Region(encode_box(o.box2d, K.width, K.height, settings.n_coords, clamp=True), np.asarray(o.center), np.asarray(o.size), np.asarray(o.R_cam_from_box), o.name) for o in objs]
+        if settings.profile == "vlm3-release":
+            # SpatialRGPT's pipeline normalises the ORIGINAL box by the original size (the same
+            # fraction of the image as after its one-scale resize, without the truncated size).
+            K0 = view.source.views[0].K
+            boxes = [encode_box(o.box2d, K0.width, K0.height, settings.n_coords, clamp=True) for o in view.source.objects if o.box2d is not None]
+        else:
+            boxes = [encode_box(o.box2d, K.width, K.height, settings.n_coords, clamp=True) for o in objs]
+        regions = [Region(box, np.asarray(o.center), np.asarray(o.size), np.asarray(o.R_cam_from_box), o.name) for box, o in zip(boxes, objs)]
         pairs = [(i, j) for i in range(len(regions)) for j in range(len(regions)) if i != j]
         order = np.arange(len(pairs)) if rng is None else rng.permutation(len(pairs))
         qas = []
@@ -572,7 +611,7 @@ class ObjectTask(Task):
             chosen = [int(p) for p in pick]
         else:
             chosen = list(range(len(qas))) if labels is None else [i for i in labels if 0 <= i < len(qas)]
-        picked = [qas[i] for i in chosen]
+        picked = [profile_qa(qa, settings) for qa in (qas[i] for i in chosen)]
         queries = [
             Query(qa.question, qa.answer, _typed_gt(qa.kind, qa.value), i, {"kind": qa.kind, "category": qa.category}, qa.kind)
             for i, qa in zip(chosen, picked)
@@ -580,6 +619,8 @@ class ObjectTask(Task):
         return object_messages(picked), queries
 
     def prompts(self, settings) -> list[str]:
+        if settings.profile == "zero-shot":
+            return [ZERO_SHOT_SUFFIX.format(n=settings.n_coords, how=how) for how in ZERO_SHOT_ANSWER.values()]
         a, b = (f"bounding box region {format_box(box)}" for box in ((0, 39, 652, 999), (6, 380, 228, 562)))
         out = [_sentence(t, a=a, b=b, rel=rel) for _, rel in PREDICATES.values() for t in (*QUALITATIVE_QUESTIONS, *TRUE_ANSWERS, *FALSE_ANSWERS)]
         for quantity, (questions, answers) in QUANTITIES.items():
@@ -590,7 +631,7 @@ class ObjectTask(Task):
     def read(self, raw, query, sample):
         return parse_object_answer(raw, query.context)
 
-    def metrics(self, lines):
+    def metrics(self, lines, options=None):
         m = object_metrics([line["pred"] for line in lines], [line["gt"] for line in lines], [line["kind"] for line in lines], [line["category"] for line in lines])
         return {**m, "failed": m["n"] - m["parsed"]}
 

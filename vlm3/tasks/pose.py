@@ -13,9 +13,12 @@ camera 1's point of view:
 - rotation: orientation of camera 2 in camera 1 (R^T) as intrinsic yaw -> pitch -> roll in
   degrees, 1 decimal (+yaw = turn right, +pitch = look up) — "Yaw=+89.6°, Pitch=+2.6°, Roll=+6.1°".
 
-Metrics are those of VGGT / Depth-Anything-3 on (R, t) of T_cam2_from_cam1: geodesic rotation
-error, translation direction angle with the sign ambiguity removed, per-pair max, AUC of the
-1-degree cumulative histogram.
+Metrics are those of VGGT / Depth-Anything-3: geodesic rotation error, translation direction
+angle with the sign ambiguity removed, per-pair max, AUC of the 1-degree cumulative histogram.
+They compare the relative transform named by the scoring option ``pair_order``: vlm3's default
+``"cam2_from_cam1"`` (R, t of T_cam2_from_cam1, what the lines carry) or ``"cam1_from_cam2"``
+(its inverse, R^T and -R^T t: VGGT's evaluation order). The rotation error is the same in both
+orders; the translation angle differs once the rotation is wrong.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from vlm3.tasks.common import (
     share,
     user_turn,
 )
+from vlm3.profiles import TaskProfile
 from vlm3.tasks.base import Query, ScoreLine, Task, is_numeric, register, short
 
 DISTANCE_QUESTION = "How far did the camera move between the first and the second image? Answer in meters."
@@ -63,6 +67,9 @@ ROTATION_QUESTION = (
 AUC_THRESHOLDS: tuple[int, ...] = (30, 15, 5, 3)
 WORD_THRESHOLD = 0.3
 FAILURE_ERROR_DEG = 180.0
+# Which relative transform the metrics compare (scoring option ``pair_order``; see pair_in_order).
+PAIR_ORDERS: tuple[str, ...] = ("cam2_from_cam1", "cam1_from_cam2")
+DEFAULT_PAIR_ORDER = "cam2_from_cam1"
 # Below this |c| (in the pose's units) the camera is taken as not moving.
 _STILL = 1e-9
 
@@ -130,6 +137,74 @@ def pose_answer(T_cam2_from_cam1: np.ndarray, metric: bool) -> str:
     lines = [distance_answer(T_cam2_from_cam1)] if metric else []
     lines += [direction_answer(T_cam2_from_cam1), rotation_answer(T_cam2_from_cam1)]
     return "\n".join(lines)
+
+
+# The released VLM3-pose questions (facebookresearch/VLM3 sample_data/pose_labels.json, verbatim),
+# asked one at a time, in this order; the answers use the formats above (and the angle line).
+RELEASE_POSE_QUESTIONS: dict[str, str] = {
+    "rotation_angle": "Given these two images captured from different viewpoints, what is the relative rotation angle (in degrees) between the two camera poses?",
+    "euler_natural": (
+        "Treating the first image as the reference viewpoint, describe the camera's reorientation needed to reach the second image's "
+        "viewpoint as yaw, pitch and roll about the first camera's local axes, applied intrinsically in the order yaw -> pitch -> roll.  "
+        "Conventions: yaw is rotation about the vertical (down) axis, positive = turn right; pitch is about the lateral (right) axis "
+        "after yaw, positive = look up; roll is about the optical (forward) axis after yaw and pitch, positive = bank to the right "
+        "(image content rotates clockwise from the operator's POV)."
+    ),
+    "translation_direction": (
+        "Where did the camera move, expressed in the first camera's local frame (X right, Y down, Z forward)?  "
+        "Give a qualitative direction and the precise unit direction vector (x, y, z)."
+    ),
+    "translation_distance": "Estimate the magnitude of the camera translation between the two viewpoints.",
+}
+
+ZERO_SHOT_POSE_PROMPT = (
+    "The two images show one scene from two camera positions. Describe how the camera moved from the first image to "
+    "the second, in the first camera's frame (X right, Y down, Z forward). Answer in exactly these lines, filling in "
+    "the values:\n{lines}\nThe unit vector is the direction from the first camera centre to the second; yaw, pitch "
+    "and roll are in degrees, applied intrinsically in that order about the first camera's axes: positive yaw turns "
+    "right, positive pitch looks up, positive roll banks to the right."
+)
+
+
+def rotation_angle_answer(T_cam2_from_cam1: np.ndarray) -> str:
+    """"Rotation angle: 89.7 degrees" — the geodesic angle of the relative rotation."""
+    R = _check_T(T_cam2_from_cam1)[:3, :3]
+    return f"Rotation angle: {rotation_angle_deg(R, np.eye(3)):.1f} degrees"
+
+
+def release_pose_parts(metric: bool) -> list[str]:
+    """The released checkpoint's questions for one pair, in order (distance only for metric data)."""
+    keys = ["rotation_angle", "euler_natural", "translation_direction"] + (["translation_distance"] if metric else [])
+    return [RELEASE_POSE_QUESTIONS[k] for k in keys]
+
+
+def release_pose_answer(T_cam2_from_cam1: np.ndarray, metric: bool) -> str:
+    """The released checkpoint's answers to :func:`release_pose_parts`, one per line, in order."""
+    lines = [rotation_angle_answer(T_cam2_from_cam1), rotation_answer(T_cam2_from_cam1), direction_answer(T_cam2_from_cam1)]
+    return "\n".join(lines + ([distance_answer(T_cam2_from_cam1)] if metric else []))
+
+
+def zero_shot_pose_prompt(metric: bool) -> str:
+    """One question stating the conventions and the exact answer lines (distance for metric data)."""
+    lines = (["Translation distance: <meters> meters"] if metric else []) + [
+        "The camera moves <left/right, up/down, forward/backward>, unit vector (<x>, <y>, <z>).",
+        "Yaw=<degrees>°, Pitch=<degrees>°, Roll=<degrees>°",
+    ]
+    return ZERO_SHOT_POSE_PROMPT.format(lines="\n".join(lines))
+
+
+def pose_query(settings: Any, metric: bool, gt: Any = None, T_cam2_from_cam1: np.ndarray | None = None) -> Query:
+    """The query of one pair in the wording of ``settings.profile`` (with its target answer when
+    the pose is known): vlm3's packed questions, the released checkpoint's four separate ones
+    (``Query.parts``), or the zero-shot question that states the conventions."""
+    T = T_cam2_from_cam1
+    fields = {"metric": bool(metric)}
+    if settings.profile == "vlm3-release":
+        parts = release_pose_parts(metric)
+        answer = None if T is None else release_pose_answer(T, metric)
+        return Query("\n".join(parts), answer, gt, None, fields, parts=parts)
+    question = zero_shot_pose_prompt(metric) if settings.profile == "zero-shot" else pose_prompt(metric)
+    return Query(question, None if T is None else pose_answer(T, metric), gt, None, fields)
 
 
 def pose_messages(T_cam2_from_cam1: np.ndarray, metric: bool) -> list[dict]:
@@ -251,16 +326,47 @@ def pose_auc(rot_err: np.ndarray, trans_err: np.ndarray, max_threshold: int) -> 
     return float(np.mean(np.cumsum(histogram.astype(np.float64) / errors.size)))
 
 
-def pair_errors(pred: PosePrediction | None, R_gt: np.ndarray, t_gt: np.ndarray) -> tuple[float, float, float]:
+def check_pair_order(pair_order: str) -> str:
+    """``pair_order`` if it is one of :data:`PAIR_ORDERS`, else ValueError naming the choices."""
+    if pair_order not in PAIR_ORDERS:
+        raise ValueError(f"pair_order must be one of {', '.join(PAIR_ORDERS)}, got {pair_order!r}")
+    return pair_order
+
+
+def pair_in_order(R_cam2_from_cam1: np.ndarray, t_cam2_from_cam1: np.ndarray, pair_order: str = DEFAULT_PAIR_ORDER) -> tuple[np.ndarray, np.ndarray]:
+    """(R, t) of the relative transform that ``pair_order`` names, from those of T_cam2_from_cam1.
+
+    - ``"cam2_from_cam1"`` (vlm3's default): T_cam2_from_cam1 = T_cam2_from_world @ T_world_from_cam1,
+      returned as given.
+    - ``"cam1_from_cam2"``: its inverse T_cam1_from_cam2 = T_cam1_from_world @ T_world_from_cam2,
+      i.e. (R^T, -R^T t); t is then camera 2's centre in camera 1. This is VGGT's evaluation order:
+      ``se3_to_relative_pose_error`` (evaluation/test_co3d.py, test_relpose.py) composes
+      ``se3[i1] @ closed_form_inverse_se3(se3[i2])`` from world-to-camera poses with i1 < i2.
+    """
+    R = np.asarray(R_cam2_from_cam1, dtype=np.float64).reshape(3, 3)
+    t = np.asarray(t_cam2_from_cam1, dtype=np.float64).reshape(3)
+    if check_pair_order(pair_order) == "cam2_from_cam1":
+        return R, t
+    return R.T, -R.T @ t
+
+
+def pair_errors(
+    pred: PosePrediction | None, R_gt: np.ndarray, t_gt: np.ndarray, *, pair_order: str = DEFAULT_PAIR_ORDER
+) -> tuple[float, float, float]:
     """(rotation error, sign-invariant translation angle, signed translation angle) in degrees.
 
-    An unparsed pair (None) or a non-finite prediction scores 180 degrees for all three.
+    ``pred`` and (``R_gt``, ``t_gt``) are T_cam2_from_cam1; both are first put in ``pair_order``
+    (:func:`pair_in_order`). An unparsed pair (None) or a non-finite prediction scores 180
+    degrees for all three.
     """
+    check_pair_order(pair_order)
     if pred is None:
         return FAILURE_ERROR_DEG, FAILURE_ERROR_DEG, FAILURE_ERROR_DEG
     R, t = np.asarray(pred.R, dtype=np.float64), np.asarray(pred.t, dtype=np.float64)
     if R.shape != (3, 3) or t.size != 3 or not (np.all(np.isfinite(R)) and np.all(np.isfinite(t))):
         return FAILURE_ERROR_DEG, FAILURE_ERROR_DEG, FAILURE_ERROR_DEG
+    R, t = pair_in_order(R, t, pair_order)
+    R_gt, t_gt = pair_in_order(R_gt, t_gt, pair_order)
     return (
         rotation_error_deg(R, R_gt),
         translation_angle_deg(t, t_gt),
@@ -272,11 +378,16 @@ def pose_metrics(
     preds: Sequence[PosePrediction | None],
     R_gt: Sequence[np.ndarray] | np.ndarray,
     t_gt: Sequence[np.ndarray] | np.ndarray,
-) -> dict[str, float]:
+    *,
+    pair_order: str = DEFAULT_PAIR_ORDER,
+) -> dict[str, Any]:
     """Pose metrics over pairs, all shares in [0, 1] (papers print them x100).
 
-    ``R_gt`` (n, 3, 3) and ``t_gt`` (n, 3) are the labelled T_cam2_from_cam1. Unparsed pairs
-    (None) get 180 degrees for rotation and translation. Keys: ``n``, ``parsed``, ``auc30``,
+    ``R_gt`` (n, 3, 3) and ``t_gt`` (n, 3) are the labelled T_cam2_from_cam1, and predictions
+    are too; errors compare the transform ``pair_order`` names (:func:`pair_in_order`:
+    ``"cam2_from_cam1"``, the default, or ``"cam1_from_cam2"``, VGGT's evaluation order), which
+    the result states as ``pair_order``. Unparsed pairs
+    (None) get 180 degrees for rotation and translation. Keys: ``n``, ``parsed``, ``pair_order``, ``auc30``,
     ``auc15``, ``auc5``, ``auc3`` (sign-invariant translation), ``rraτ`` / ``rtaτ`` (share of
     pairs with error < τ, τ in 30, 15, 5, 3), ``auc30_signed`` (AUC@30 with the signed
     translation angle), and — when some prediction carries a distance — ``dist_abs_rel``, the
@@ -289,9 +400,10 @@ def pose_metrics(
     n = len(preds)
     if R_gt.shape[0] != n or t_gt.shape[0] != n:
         raise ValueError(f"{n} predictions for {R_gt.shape[0]} rotations and {t_gt.shape[0]} translations")
-    errors = np.array([pair_errors(p, R, t) for p, R, t in zip(preds, R_gt, t_gt)], dtype=np.float64).reshape(-1, 3)
+    check_pair_order(pair_order)
+    errors = np.array([pair_errors(p, R, t, pair_order=pair_order) for p, R, t in zip(preds, R_gt, t_gt)], dtype=np.float64).reshape(-1, 3)
     rot, trans, trans_signed = errors[:, 0], errors[:, 1], errors[:, 2]
-    out: dict[str, float] = {"n": n, "parsed": sum(p is not None for p in preds)}
+    out: dict[str, Any] = {"n": n, "parsed": sum(p is not None for p in preds), "pair_order": pair_order}
     for tau in AUC_THRESHOLDS:
         out[f"auc{tau}"] = pose_auc(rot, trans, tau)
     for tau in AUC_THRESHOLDS:
@@ -325,12 +437,19 @@ class PoseTask(Task):
     """
 
     name = "pose"
+    profiles = {
+        # inference.ipynb: both images at f = 750 px (fx and fy), four questions asked one at a
+        # time (rotation angle, yaw/pitch/roll, direction, distance), 512 new tokens each.
+        "vlm3-release": TaskProfile({"unify": True, "focal": 750.0, "focal_axes": "xy", "size_multiple": None}, max_new_tokens=512),
+        "zero-shot": TaskProfile({"unify": False, "resize_to": None, "longest_side": None}, max_new_tokens=512),
+    }
     description = "relative camera pose of an image pair: distance, direction, yaw/pitch/roll"
     n_images = 2
     label_prefix = "pair"
     headline = "auc30"
     max_new_tokens = 96
     score_format = '{"pred": answer text | {"R": 3x3, "t": [3], "distance"?} | null, "R_gt": 3x3, "t_gt": [3]} (T_cam2_from_cam1, OpenCV axes)'
+    scoring_options = ("pair_order",)
 
     def has_labels(self, record) -> bool:
         return len(record.views) == 2 and all(v.T_cam_from_world is not None for v in record.views)
@@ -339,22 +458,35 @@ class PoseTask(Task):
         rec = view.record
         T = relative_pose(rec.views[0].pose, rec.views[1].pose)
         gt = {"R": T[:3, :3].tolist(), "t": T[:3, 3].tolist()}
-        query = Query(pose_prompt(rec.metric_scale), pose_answer(T, rec.metric_scale), gt, None, {"metric": rec.metric_scale})
-        return pose_messages(T, rec.metric_scale), [query]
+        query = pose_query(settings, rec.metric_scale, gt, T)
+        if settings.profile == "vlm3":
+            return pose_messages(T, rec.metric_scale), [query]
+        questions, answers = query.parts or [query.question], query.answer.split("\n") if query.parts else [query.answer]
+        messages = []
+        for i, (q, a) in enumerate(zip(questions, answers)):
+            messages += [user_turn(q, n_images=2 if i == 0 else 0), assistant_turn(a)]
+        return messages, [query]
 
     def prompts(self, settings) -> list[str]:
         moved = np.eye(4)
         moved[:3, :3] = ypr_to_rotation(30.0, -5.0, 2.0).T
         moved[:3, 3] = -moved[:3, :3] @ np.array([-0.69, 0.02, 0.72])
+        if settings.profile == "vlm3-release":
+            return [*release_pose_parts(True), release_pose_answer(np.eye(4), True), release_pose_answer(moved, True)]
+        if settings.profile == "zero-shot":
+            return [zero_shot_pose_prompt(True), zero_shot_pose_prompt(False), pose_answer(moved, True)]
         return [pose_prompt(True), pose_prompt(False), pose_answer(np.eye(4), True), pose_answer(moved, True)]
 
     def read(self, raw, query, sample):
         p = parse_pose(raw)
         return None if p is None else {"R": np.asarray(p.R).tolist(), "t": np.asarray(p.t).tolist(), "distance": p.distance}
 
-    def metrics(self, lines):
+    def metrics(self, lines, options=None):
+        """Pose metrics; ``options["pair_order"]`` (default ``"cam2_from_cam1"``) picks the order
+        the pairs are compared in (:func:`pair_in_order`), and the result names it."""
+        pair_order = (options or {}).get("pair_order") or DEFAULT_PAIR_ORDER
         preds = [_prediction(line["pred"]) for line in lines]
-        m = pose_metrics(preds, [line["gt"]["R"] for line in lines], [line["gt"]["t"] for line in lines])
+        m = pose_metrics(preds, [line["gt"]["R"] for line in lines], [line["gt"]["t"] for line in lines], pair_order=pair_order)
         return {**m, "failed": m["n"] - m["parsed"]}
 
     def score_line(self, line: ScoreLine, n_coords: int) -> dict[str, Any]:

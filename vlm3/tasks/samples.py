@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from vlm3.data.records import Record
-from vlm3.data.unify import UnifiedRecord, resize_record, unify_record
+from vlm3.data.unify import UnifiedRecord, resize_longest_record, resize_record, unify_record
 from vlm3.settings import Settings
 from vlm3.tasks.base import Query, Task, get_task
 
@@ -63,11 +63,14 @@ def load_images(record: Record, root: str | Path) -> list[np.ndarray]:
 
 
 def transform_views(record: Record, images: list[np.ndarray], settings: Settings) -> UnifiedRecord:
-    """Apply the recipe's view transform: unify the focal, resize to a fixed size, or keep native."""
+    """Apply the view transform of ``settings``: unify the focal (both axes, or fx's scale for
+    both), resize to a fixed size or to a longest side, or keep the native images."""
     if settings.unify:
-        return unify_record(record, images, settings.focal, settings.size_multiple)
+        return unify_record(record, images, settings.focal, settings.size_multiple, axes=settings.focal_axes)
     if settings.resize_to is not None:
         return resize_record(record, images, *settings.resize_to)
+    if settings.longest_side is not None:
+        return resize_longest_record(record, images, settings.longest_side)
     return unify_record(record, images, settings.focal, enabled=False)
 
 
