@@ -54,3 +54,31 @@ def serve_in_thread(app, timeout: float = 20.0) -> Iterator[str]:
 def message_text(message: dict) -> str:
     """The concatenated text parts of a chat message (HF format)."""
     return "".join(part.get("text", "") for part in message.get("content", []) if part.get("type") == "text")
+
+
+def answer_server(table: dict, key, finish_reason: str = "stop"):
+    """An OpenAI-compatible chat-completions app answering each question from ``table``:
+    ``(key(decoded images), question text) -> answer``, with the given ``finish_reason``."""
+    import base64
+    import io
+
+    from fastapi import FastAPI
+    from PIL import Image
+
+    api = FastAPI()
+
+    @api.get("/v1/models")
+    def models() -> dict:
+        return {"object": "list", "data": [{"id": "oracle", "object": "model"}]}
+
+    @api.post("/v1/chat/completions")
+    def chat(body: dict) -> dict:
+        parts = body["messages"][-1]["content"]
+        images = [Image.open(io.BytesIO(base64.b64decode(p["image_url"]["url"].split(",", 1)[1]))).convert("RGB")
+                  for p in parts if p["type"] == "image_url"]
+        text = table[(key(images), parts[-1]["text"])]
+        return {"id": "x", "object": "chat.completion", "model": "oracle",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": body["max_tokens"], "total_tokens": 10 + body["max_tokens"]}}
+
+    return api

@@ -364,31 +364,11 @@ def test_http_eval_uses_the_settings_the_server_publishes(answering_model, cache
 
 
 def oracle_server(oracle: Oracle, finish_reason: str):
-    """An OpenAI-compatible chat-completions app answering the bench's target answer to every
-    question (looked up by the decoded images and the text), with the given ``finish_reason``."""
-    import base64
-    import io
+    """An OpenAI-compatible app answering the bench's target answer to every question (looked up
+    by the decoded images and the text), with the given ``finish_reason``."""
+    from support import answer_server
 
-    from fastapi import FastAPI
-    from PIL import Image
-
-    api = FastAPI()
-
-    @api.get("/v1/models")
-    def models() -> dict:
-        return {"object": "list", "data": [{"id": "oracle", "object": "model"}]}
-
-    @api.post("/v1/chat/completions")
-    def chat(body: dict) -> dict:
-        parts = body["messages"][-1]["content"]
-        images = [Image.open(io.BytesIO(base64.b64decode(p["image_url"]["url"].split(",", 1)[1]))).convert("RGB")
-                  for p in parts if p["type"] == "image_url"]
-        text = oracle.table[(oracle._key(images), parts[-1]["text"])]
-        return {"id": "x", "object": "chat.completion", "model": "oracle",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
-                "usage": {"prompt_tokens": 10, "completion_tokens": body["max_tokens"], "total_tokens": 10 + body["max_tokens"]}}
-
-    return api
+    return answer_server(oracle.table, oracle._key, finish_reason)
 
 
 @pytest.mark.parametrize("finish_reason", ["stop", "length"])

@@ -359,3 +359,50 @@ def test_predict_over_http_uses_the_served_settings_and_the_api_key(answering_mo
     doc = json.loads((tmp_path / "o" / "points.json").read_text())
     assert (doc["settings"]["focal"], doc["settings"]["n_coords"]) == (120.0, 100) and doc["settings_from"].endswith("/models")
     assert wrong.exit_code == 1 and "invalid API key" in wrong.output and "Traceback" not in wrong.output
+
+
+# --- profiles -----------------------------------------------------------------------------------
+
+
+class Recording(Backend):
+    """Records every request (images and text) and answers a fixed text."""
+
+    name = "recording"
+
+    def __init__(self, text: str) -> None:
+        self.text, self.requests = text, []
+
+    def generate(self, requests, max_new_tokens=64):
+        self.requests += list(requests)
+        return [self.text for _ in requests]
+
+
+def test_predict_depth_asks_in_the_profiles_way(image_path):
+    from vlm3.profiles import profile_settings
+    from vlm3.tasks import get_task
+    from vlm3.tasks.depth import DEPTHLM_QUESTION
+
+    depthlm = Settings(**profile_settings("depthlm", get_task("depth")))
+    backend = Recording("<think> The point is around 2.00 meters away from the camera. </think>\n\n<answer> 2.00 </answer>")
+    pred = P.predict_depth(backend, image_path, K, points=[[30.5, 40.5], [80.5, 20.5]], settings=depthlm)
+    assert pred.depth.tolist() == [2.0, 2.0]
+    # One image per point, each with DepthLM's red arrow ending one pixel left of the asked pixel.
+    assert [question_text(r) for r in backend.requests] == [DEPTHLM_QUESTION] * 2
+    s = 750.0 / K.fx
+    for request, (col, row) in zip(backend.requests, [(30, 40), (80, 20)], strict=True):
+        im = np.asarray(request.images[0])
+        assert im.shape[:2] == (int(H * s), int(W * s))
+        x, y = int(col * s), int(row * s)
+        assert (im[y, x - 5 : x] == [255, 0, 0]).all() and (im[y - 2, x - 3] == [255, 0, 0]).all()
+    released = Settings(**profile_settings("vlm3-release", get_task("depth")))
+    backend = Recording("<answer> 3.5 </answer>")
+    pred = P.predict_depth(backend, image_path, K, points=[[30.5, 40.5]], settings=released)
+    assert pred.depth.tolist() == [3.5] and "normalised [0, 2000] format" in question_text(backend.requests[0])
+
+
+def test_predict_without_a_known_profile_is_a_named_error(stubbed, image_path, tmp_path):
+    base = ["predict", "depth", str(image_path), "--model", "depth-stub", "--fx", "100", "--points", "10,20", "--out", str(tmp_path / "o")]
+    missing = runner.invoke(app, base)
+    unknown = runner.invoke(app, [*base, "--profile", "vlm9"])
+    for result, message in ((missing, "pass --profile"), (unknown, "unknown profile 'vlm9'")):
+        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output

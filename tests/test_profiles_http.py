@@ -9,16 +9,14 @@ under the profile. It knows nothing of how answers are parsed or scored.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from support import serve_in_thread
+from support import answer_server, serve_in_thread
 from typer.testing import CliRunner
 
 from vlm3.cli import app
@@ -78,25 +76,6 @@ def answer_table(bench, cache: Path, profile: str) -> dict[tuple[str, str], str]
     return table
 
 
-def oracle_app(table: dict[tuple[str, str], str], finish_reason: str):
-    from fastapi import FastAPI
-    from PIL import Image
-
-    api = FastAPI()
-
-    @api.get("/v1/models")
-    def models() -> dict:
-        return {"object": "list", "data": [{"id": "oracle", "object": "model"}]}
-
-    @api.post("/v1/chat/completions")
-    def chat(body: dict) -> dict:
-        parts = body["messages"][-1]["content"]
-        images = [Image.open(io.BytesIO(base64.b64decode(p["image_url"]["url"].split(",", 1)[1]))) for p in parts if p["type"] == "image_url"]
-        text = table[(key(images), parts[-1]["text"])]
-        return {"id": "x", "object": "chat.completion", "model": "oracle",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}]}
-
-    return api
 
 
 @pytest.mark.parametrize(("profile", "task"), combos())
@@ -106,7 +85,7 @@ def test_ground_truth_in_the_profiles_format_scores_perfectly_over_http(profile,
     args = ["--bench", str(bench.source), "--limit", "3", "--limit-points", "6", "--cache", str(cache), "--no-plots", "--profile", profile]
     outs = {}
     for finish in ("stop", "length"):
-        with serve_in_thread(oracle_app(table, finish)) as url:
+        with serve_in_thread(answer_server(table, key, finish)) as url:
             result = runner.invoke(app, ["eval", "--model", url, "--out", str(tmp_path / finish), *args])
         assert result.exit_code == 0, result.output
         outs[finish] = json.loads((tmp_path / finish / "metrics.json").read_text())
@@ -137,7 +116,7 @@ def test_a_missing_answer_tag_is_a_truncated_answer(cache, tmp_path):
     """The released depth checkpoint closes its <answer> tag; an answer without it was cut off."""
     bench = bench_for("depth", tmp_path)
     table = {k: v.replace(" </answer>", "") for k, v in answer_table(bench, cache, "vlm3-release").items()}
-    with serve_in_thread(oracle_app(table, "stop")) as url:
+    with serve_in_thread(answer_server(table, key, "stop")) as url:
         result = runner.invoke(app, ["eval", "--model", url, "--out", str(tmp_path / "o"), "--bench", str(bench.source), "--limit", "2",
                                      "--limit-points", "3", "--cache", str(cache), "--no-plots", "--profile", "vlm3-release"])
     assert result.exit_code == 0, result.output
@@ -149,7 +128,7 @@ def test_bad_profile_input_is_a_named_error(cache, tmp_path):
     bench = bench_for("pose", tmp_path)
     table = answer_table(bench, cache, "vlm3")
     base = ["--bench", str(bench.source), "--limit", "1", "--cache", str(cache), "--no-plots"]
-    with serve_in_thread(oracle_app(table, "stop")) as url:
+    with serve_in_thread(answer_server(table, key, "stop")) as url:
         none = runner.invoke(app, ["eval", "--model", url, "--out", str(tmp_path / "a"), *base])
         unknown = runner.invoke(app, ["eval", "--model", url, "--out", str(tmp_path / "b"), *base, "--profile", "vlm9"])
         undefined = runner.invoke(app, ["eval", "--model", url, "--out", str(tmp_path / "c"), *base, "--profile", "depthlm"])

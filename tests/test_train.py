@@ -129,6 +129,7 @@ def test_full_finetuning_changes_every_parameter_and_lowers_the_loss(tiny_model,
 
     meta = json.loads((final / "vlm3.json").read_text())
     assert meta["task"] == "depth" and meta["focal"] == 140 and meta["size_multiple"] == PATCH_MULTIPLE
+    assert meta["profile"] == "vlm3" and meta["profile_hash"].startswith("sha256:")
 
 
 def test_freeze_vision_keeps_the_vision_tower_bit_identical(tiny_model, depth_data, tmp_path):

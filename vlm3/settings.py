@@ -145,12 +145,14 @@ class ModelSettings(BaseModel):
         return self.settings.model_dump(include=set(self.given))
 
 
-def write_model_settings(folder: str | Path, task: str, settings: Settings) -> Path:
-    """Write ``folder/vlm3.json`` (the task and every settings field)."""
+def write_model_settings(folder: str | Path, task: str, settings: Settings, profile_hash: str | None = None) -> Path:
+    """Write ``folder/vlm3.json`` (the task, every settings field, and the hash of what the prompt
+    profile decides for the task, ``vlm3.profiles.profile_hash``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / SETTINGS_FILE
-    path.write_text(json.dumps({"task": task, **settings.model_dump(mode="json")}, indent=2) + "\n")
+    extra = {} if profile_hash is None else {"profile_hash": profile_hash}
+    path.write_text(json.dumps({"task": task, **settings.model_dump(mode="json"), **extra}, indent=2) + "\n")
     return path
 
 

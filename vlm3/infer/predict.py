@@ -126,14 +126,16 @@ def _sample(task: Task, images: Sequence[np.ndarray], Ks: Sequence[Intrinsics], 
 
 
 def _ask_all(backend: Backend, sample: Sample, queries: list[Query], max_new_tokens: int | None, chunk_size: int = 256, progress: Progress | None = None) -> list[Answer]:
-    """Answers to ``queries`` in order (:func:`vlm3.ask.ask` in chunks); identical questions are asked once."""
-    unique = list({q.question: q for q in queries}.values())
-    got: dict[str, Answer] = {}
+    """Answers to ``queries`` in order (:func:`vlm3.ask.ask` in chunks); identical questions about
+    the sample's images are asked once (a question with its own images, e.g. a marker, never shares)."""
+    same = lambda q: (q.question, None if q.images is None else id(q))  # noqa: E731
+    unique = list({same(q): q for q in queries}.values())
+    got: dict[Any, Answer] = {}
     for start in range(0, len(unique), chunk_size):
-        got.update((a.query.question, a) for a in ask(backend, sample, max_new_tokens=max_new_tokens, queries=unique[start : start + chunk_size]))
+        got.update((same(a.query), a) for a in ask(backend, sample, max_new_tokens=max_new_tokens, queries=unique[start : start + chunk_size]))
         if progress is not None:
             progress(min(start + chunk_size, len(unique)), len(unique))
-    return [Answer(q, got[q.question].raw, got[q.question].pred, got[q.question].truncated) for q in queries]
+    return [Answer(q, got[same(q)].raw, got[same(q)].pred, got[same(q)].truncated) for q in queries]
 
 
 def processor_note(backend: Backend, sample: Sample) -> dict[str, Any] | None:

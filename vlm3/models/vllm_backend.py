@@ -3,7 +3,9 @@
 Prompts are rendered with the checkpoint's own chat template (the same text the transformers
 backend feeds), images first and the question last, so every question about an image starts with
 the same token blocks and vLLM's prefix cache keeps the image prefill for the next question.
-vLLM is optional: ``pip install vllm`` (or ``pip install 'vlm3[vllm]'``).
+vLLM is optional and, today, cannot share vlm3's environment (every vLLM release pins other torch /
+transformers versions; README, "vLLM: a separate environment"): run ``vllm serve`` in its own
+environment and evaluate over HTTP instead; this backend serves environments where both install.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ from vlm3.models.backend import Backend, ChatRequest, Completion
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-INSTALL_HINT = "vLLM is not installed; install it with `pip install vllm` (or `pip install 'vlm3[vllm]'`) on a machine with a supported GPU"
+INSTALL_HINT = (
+    "vLLM is not installed here (no vLLM release installs beside vlm3's torch/transformers: see the README's "
+    "'vLLM: a separate environment'); run `pip install vllm` and `vllm serve MODEL` in their own environment and "
+    "evaluate with --model http://HOST:PORT/v1"
+)
 
 
 def import_vllm() -> Any:

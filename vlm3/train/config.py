@@ -106,7 +106,10 @@ class Config(ConfigModel):
 
     def save(self, folder: str | Path, settings: Settings) -> None:
         """Write what a checkpoint carries: ``vlm3.json`` (task and the ``settings`` trained with) and this config."""
-        write_model_settings(folder, self.data.task, settings)
+        from vlm3.profiles import profile_hash
+        from vlm3.tasks import get_task
+
+        write_model_settings(folder, self.data.task, settings, profile_hash(settings, get_task(self.data.task)))
         (Path(folder) / "vlm3_config.yaml").write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
