@@ -398,6 +398,14 @@ def test_predict_depth_asks_in_the_profiles_way(image_path):
     backend = Recording("<answer> 3.5 </answer>")
     pred = P.predict_depth(backend, image_path, K, points=[[30.5, 40.5]], settings=released)
     assert pred.depth.tolist() == [3.5] and "normalised [0, 2000] format" in question_text(backend.requests[0])
+    assert [m["role"] for m in backend.requests[0].messages] == ["user"]  # the release asks with no system prompt
+    zero_shot = Settings(**profile_settings("zero-shot", get_task("depth")))
+    backend = Recording("2.5")
+    pred = P.predict_depth(backend, image_path, K, points=[[30.5, 40.5]], settings=zero_shot)
+    system, user = backend.requests[0].messages
+    assert pred.depth.tolist() == [2.5] and system["role"] == "system" and "format" in system["content"][0]["text"]
+    assert np.asarray(backend.requests[0].images[0]).shape[:2] == (H, W)  # the native image
+    assert "in meters" in user["content"][-1]["text"] and "[0, 1000)" in user["content"][-1]["text"]
 
 
 def test_predict_without_a_known_profile_is_a_named_error(stubbed, image_path, tmp_path):

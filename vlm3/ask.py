@@ -89,7 +89,8 @@ def ask(
 
     How is decided by the sample's prompt profile (``sample.settings.profile``, ``vlm3.profiles``):
     ``max_new_tokens`` defaults to its limit for the task, ``require`` to the text its complete
-    answers contain (e.g. ``"</answer>"``). Answers come back in query order. An answer whose
+    answers contain (e.g. ``"</answer>"``), and a system prompt is sent if it has one. Answers come
+    back in query order. An answer whose
     ``finish_reason`` is ``"length"`` (it hit ``max_new_tokens``) or that lacks ``require`` is
     ``truncated``: a failure with ``pred`` None, never parsed.
 
@@ -102,19 +103,20 @@ def ask(
     if not pending:
         return []
     limit = max_new_tokens or max_new_tokens_for(sample.settings, task)
+    asking = task_profile(sample.settings.profile, task)
     if require is None:
-        require = task_profile(sample.settings.profile, task).require
+        require = asking.require
     shared = [(i, part) for i, q in enumerate(pending) if q.images is None for part in (q.parts or [q.question])]
     own = [i for i, q in enumerate(pending) if q.images is not None]
     got: list[list[Completion | str]] = [[] for _ in pending]
     if shared:
-        completions = backend.query_many(sample.images, [part for _, part in shared], limit)
+        completions = backend.query_many(sample.images, [part for _, part in shared], limit, asking.system)
         if len(completions) != len(shared):
             raise AskError(f"the backend gave {len(completions)} answers for {len(shared)} questions (record {sample.record_id})")
         for (i, _), c in zip(shared, completions):
             got[i].append(c)
     if own:
-        requests = [single_turn(pending[i].images, part) for i in own for part in (pending[i].parts or [pending[i].question])]
+        requests = [single_turn(pending[i].images, part, asking.system) for i in own for part in (pending[i].parts or [pending[i].question])]
         completions = backend.complete(requests, limit)
         if len(completions) != len(requests):
             raise AskError(f"the backend gave {len(completions)} answers for {len(requests)} questions (record {sample.record_id})")

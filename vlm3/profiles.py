@@ -60,13 +60,18 @@ class TaskProfile:
     ``settings``: the :class:`vlm3.settings.Settings` values the profile fixes (view transform,
     coordinate range, pixel convention, answer style). ``max_new_tokens``: the generation limit
     (None: the task's default). ``require``: text every complete answer contains (e.g. a closing
-    ``</answer>`` tag); an answer without it was cut off and is a counted failure.
+    ``</answer>`` tag); an answer without it was cut off and is a counted failure. ``system``: a
+    system prompt sent before every question (None: none, as vlm3 and the releases ask).
     """
 
     settings: Mapping[str, Any] = field(default_factory=dict)
     max_new_tokens: int | None = None
     require: str | None = None
+    system: str | None = None
 
+
+# The zero-shot profile's system prompt: general VLMs answer at length unless told the format.
+ZERO_SHOT_SYSTEM = "You are a careful 3D vision assistant. Answer exactly in the format the question asks for, with no other text."
 
 PROFILES: dict[str, Profile] = {
     p.name: p
@@ -134,7 +139,8 @@ def max_new_tokens_for(settings: Settings, task: Task) -> int:
 
 def profile_hash(settings: Settings, task: Task) -> str:
     """A short hash of everything the profile decides for ``task``: its name and version, the
-    settings it was resolved to, every prompt template rendered with them, the limit and rule."""
+    settings it was resolved to, every prompt template rendered with them, the limit, the
+    completeness rule and the system prompt."""
     found = get_profile(settings.profile)
     tp = task_profile(found.name, task)
     doc = {
@@ -145,6 +151,7 @@ def profile_hash(settings: Settings, task: Task) -> str:
         "prompts": task.prompts(settings),
         "max_new_tokens": max_new_tokens_for(settings, task),
         "require": tp.require,
+        "system": tp.system,
     }
     return "sha256:" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
