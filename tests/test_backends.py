@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlm3.models.backend import ChatRequest, open_backend, parse_spec, single_turn, spec_name, user_message
+from vlm3.models.backend import ChatRequest, Completion, open_backend, parse_spec, single_turn, spec_name, user_message
 
 DEPTH = "How far is the pixel at ({x}, {y}) from the camera? Both x and y are normalized to between [0, 2000)."
 
@@ -223,10 +223,12 @@ def test_openai_messages_carry_lossless_images_before_text():
 
 
 # --- HTTP client retries against a stub server ------------------------------------------------------
+# (timeouts, size caps and counted failures in a whole `vlm3 eval`: tests/test_http_failures.py)
 
 
 class _Stub(BaseHTTPRequestHandler):
-    """503 for the first ``failures`` POSTs, then a chat completion echoing the request's text."""
+    """503 for the first ``failures`` POSTs (asking for a 10 ms wait), then a chat completion
+    echoing the request's text."""
 
     failures = 2
     calls: list[dict] = []
@@ -238,7 +240,7 @@ class _Stub(BaseHTTPRequestHandler):
             self.calls.append({"auth": self.headers.get("authorization"), "body": body})
             n = len(self.calls)
         if n <= self.failures:
-            self._send(503, {"error": {"message": "busy"}}, {"Retry-After": "0"} if n == 1 else {})
+            self._send(503, {"error": {"message": "busy"}}, {"Retry-After-Ms": "10"})
             return
         text = body["messages"][-1]["content"][-1]["text"]
         if text == "bad":
@@ -273,7 +275,7 @@ def stub_url():
 def test_http_client_retries_503_then_succeeds(stub_url):
     from vlm3.models.openai_http import OpenAIBackend
 
-    with OpenAIBackend(stub_url, model="m", api_key="k", backoff=0.01) as client:
+    with OpenAIBackend(stub_url, model="m", api_key="k") as client:
         (c,) = client.complete([single_turn([image(1, 8, 8)], "hello")], max_new_tokens=4)
     assert c.text == "echo hello" and c.completion_tokens == 2
     assert len(_Stub.calls) == 3
@@ -283,16 +285,23 @@ def test_http_client_retries_503_then_succeeds(stub_url):
     assert [p["type"] for p in sent["body"]["messages"][0]["content"]] == ["image_url", "text"]
 
 
-def test_http_client_gives_up_with_the_server_message(stub_url):
-    from vlm3.models.openai_http import BackendError, OpenAIBackend
+def test_http_client_gives_up_with_the_server_message(stub_url, capsys):
+    """Retries spent on a 5xx: a counted failure (empty "error" completion, one warning with the
+    server's message); a refused request (400): an error at once, not retried."""
+    from vlm3.models.openai_http import FAILED, BackendError, OpenAIBackend
 
-    with OpenAIBackend(stub_url, model="m", backoff=0.01, max_retries=1) as client:
-        with pytest.raises(BackendError, match="503 after 2 attempt.*busy"):
-            client.generate([single_turn([], "x")])
-    _Stub.failures = 0
+    _Stub.failures = 4
     try:
-        with OpenAIBackend(stub_url, model="m", backoff=0.01) as client:
-            with pytest.raises(BackendError, match="400 after 1 attempt.*no such thing"):
+        with OpenAIBackend(stub_url, model="m", max_retries=1) as client:
+            assert client.generate([single_turn([], "x")]) == [""]
+            assert client.complete([single_turn([], "y")]) == [Completion("", None, None, FAILED)]
+            assert client.failures == {"HTTP 503": 2}
+        assert len(_Stub.calls) == 4
+        warning = capsys.readouterr().err
+        assert warning.count("warning:") == 1 and "503 (after 2 attempts): busy" in warning
+        _Stub.failures = 0
+        with OpenAIBackend(stub_url, model="m") as client:
+            with pytest.raises(BackendError, match=r"400 \(after 1 attempt\): no such thing"):
                 client.generate([single_turn([], "bad")])
             answers = client.query_many([image(1, 8, 8)], ["a", "b", "c"])
             assert [(c.text, c.finish_reason) for c in answers] == [("echo a", "stop"), ("echo b", "stop"), ("echo c", "stop")]
@@ -301,13 +310,19 @@ def test_http_client_gives_up_with_the_server_message(stub_url):
 
 
 def test_http_client_retries_connection_errors():
+    """A refused connection is retried; a question then counts as failed, while the first
+    /v1/models call (a server not there at all) is an error."""
     import socket
 
-    from vlm3.models.openai_http import BackendError, OpenAIBackend
+    from vlm3.models.openai_http import FAILED, BackendError, OpenAIBackend
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with OpenAIBackend(f"http://127.0.0.1:{port}", model="m", backoff=0.01, max_retries=2, timeout=2) as client:
-        with pytest.raises(BackendError, match="after 3 attempt"):
-            client.generate([single_turn([], "x")])
+    with OpenAIBackend(f"http://127.0.0.1:{port}", model="m", max_retries=1, timeout=2) as client:
+        assert client.complete([single_turn([], "x")]) == [Completion("", None, None, FAILED)]
+        assert client.failures == {"connection": 1}
+        with pytest.raises(BackendError, match="models failed \\(after 2 attempts\\): ConnectError"):
+            client.served_settings()
+    with pytest.raises(BackendError, match="after 1 attempt"):
+        OpenAIBackend(f"http://127.0.0.1:{port}", max_retries=0)

@@ -16,7 +16,7 @@ from vlm3.eval.bench import BenchError, bench_dir, bench_from_dict, load_bench, 
 from vlm3.eval.run import EvalError, read_predictions, run_eval
 from vlm3.settings import SettingsError, model_settings_for, resolve_settings
 from support import serve_in_thread
-from vlm3.models.backend import Backend
+from vlm3.models.backend import Backend, Completion
 from conftest import IBIMS
 
 runner = CliRunner()
@@ -428,3 +428,33 @@ def test_shipped_synthetic_bench_lists_match_their_data(task, cache):
     before = bench.samples_path.read_text()
     samples = sample_list_for(bench, load_records(resolve_data(bench, cache, progress=False)))
     assert samples.path == bench.samples_path and bench.samples_path.read_text() == before
+
+
+class Outage(Oracle):
+    """The oracle behind a server that is down: every request fails after its retries (finish
+    reason "error") until ``down`` is cleared."""
+
+    down = True
+
+    def complete(self, requests, max_new_tokens=64):
+        if self.down:
+            return [Completion("", None, None, "error") for _ in requests]
+        return super().complete(requests, max_new_tokens)
+
+
+def test_failed_requests_are_failures_and_asked_again_on_resume(cache, tmp_path):
+    """Questions whose requests failed count as failed ("the request failed", not truncated) and a
+    re-run asks them again instead of keeping the failure."""
+    bench = synth_bench("depth", tmp_path)
+    out = tmp_path / "o"
+    kw = dict(limit=2, limit_points=3, cache_dir=cache, progress=False, plots=False, profile="vlm3")
+    backend = Outage(bench, cache)
+    down = run_eval(backend, bench, out, **kw)
+    m = down.metrics["metrics"]
+    lines = [line for line in read_predictions(out / "predictions.jsonl").values() if "skipped" not in line]
+    assert m["n"] == m["failed"] == len(lines) > 0 and m["truncated"] == 0
+    assert all(line["error"] and not line["truncated"] and line["pred"] is None for line in lines)
+    backend.down = False
+    again = run_eval(backend, bench, out, **kw)
+    assert again.n_queries - again.n_cached == len(lines)  # every failed question asked again
+    assert again.metrics["metrics"]["delta1"] == 1.0 and again.metrics["metrics"]["failed"] == 0

@@ -234,6 +234,89 @@ def test_workers_and_shards_give_identical_output(tmp_path):
     assert read_manifest(split) == read_manifest(one)
 
 
+def tmp_files(out: Path) -> list[str]:
+    return sorted(str(q.relative_to(out)) for q in out.rglob("*.tmp"))
+
+
+def test_killed_prepare_takes_its_workers_along_and_a_rerun_cleans_up(tmp_path):
+    """kill -9 of ``vlm3 prepare --workers 2``: no fork server, worker or resource tracker outlives
+    it (they used to keep converting queued units, then wait forever); a re-run removes the
+    temporaries a killed run leaves and completes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    make_dataset(tmp_path / "src", n_images=48, size=(320, 240))
+    out = tmp_path / "out"
+    opts = dict(options={"chunk_size": "2"}, materialize=True, focal=90.0)  # 24 units of two ~640x460 PNGs (fx 45 -> 90)
+    cmd = [sys.executable, "-m", "vlm3.cli", "prepare", "depthlm-jsonl", "--root", str(tmp_path / "src"), "--out", str(out),
+           "--workers", "2", "--materialize", "--focal", "90", "-o", "chunk_size=2"]
+    main = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not any((out / "done").glob("*.json")) if (out / "done").is_dir() else True:  # the workers are converting
+            assert main.poll() is None, "prepare ended before its first unit was done"
+            assert time.monotonic() < deadline, "no unit done within 120 s"
+            time.sleep(0.02)
+        children = psutil.Process(main.pid).children(recursive=True)  # fork server, workers, resource tracker
+        assert len(children) >= 3
+        names = {c.pid: " ".join(c.cmdline())[:60] for c in children}
+        main.send_signal(signal.SIGKILL)
+        assert main.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if main.poll() is None:
+            main.kill()
+
+    def running() -> list[psutil.Process]:  # a zombie runs nothing: it only waits to be reaped
+        alive = []
+        for child in children:
+            try:
+                if child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(child)
+            except psutil.NoSuchProcess:
+                pass
+        return alive
+
+    deadline = time.monotonic() + 5
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = running()
+    for child in left:
+        child.kill()
+    assert not left, f"processes still running 5 s after the main process was killed: {[names[c.pid] for c in left]}"
+    assert not (out / "manifest.json").exists(), "prepare finished before it was killed"
+
+    # What a worker killed mid-write leaves behind, in this run's naming and in the older pid-only one.
+    stale = [out / "images" / "rgb" / ".im7.png.s0of1.4242.tmp", out / "done" / ".00003.json.s0of1.4242.tmp",
+             out / "records" / "00005.jsonl.tmp", out / "images" / "rgb" / ".im9.png.4242.tmp"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    report = prepare("depthlm-jsonl", tmp_path / "src", out, PrepareOptions(workers=2, **opts), progress=False)
+    assert report.complete and report.records == 48 and report.units_skipped >= 1
+    assert tmp_files(out) == []
+    assert len(list((out / "images" / "rgb").glob("*.png"))) == 48
+
+
+def test_a_sharded_rerun_removes_only_its_own_temporaries(tmp_path):
+    make_dataset(tmp_path / "src", n_images=4)
+    out = tmp_path / "out"
+    shard = PrepareOptions(num_shards=2, shard_index=1, **OPTS)
+    prepare("depthlm-jsonl", tmp_path / "src", out, shard, progress=False)
+    mine = [".im1.png.s1of2.11.tmp", "../../records/00001.jsonl.tmp"]  # shard 1 of 2 owns unit 1
+    others = [".im0.png.s0of2.12.tmp", ".im2.png.s1of3.13.tmp", ".im3.png.14.tmp", "../../records/00000.jsonl.tmp", "../../manifest.json.tmp"]
+    for name in mine + others:
+        (out / "images" / "rgb" / name).write_bytes(b"partial")
+    prepare("depthlm-jsonl", tmp_path / "src", out, shard, progress=False)
+    assert tmp_files(out) == sorted(os.path.normpath(f"images/rgb/{n}") for n in others)
+    # The unsharded run that closes a sharded preparation owns the whole folder.
+    assert prepare("depthlm-jsonl", tmp_path / "src", out, PrepareOptions(**OPTS), progress=False).complete
+    assert tmp_files(out) == []
+
+
 def test_no_labels_after_cropping_is_rejected(tmp_path):
     make_dataset(tmp_path / "src", n_images=2)
     # size_multiple crops the unified 40x30 image to 32x32: labels right of x = 32 leave the image.

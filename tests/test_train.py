@@ -222,6 +222,102 @@ def test_last_checkpoint_skips_a_checkpoint_cut_short_while_saving(tmp_path):
     assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
 
 
+# Resuming restores the weights for every family. transformers 5 saves a Qwen2.5-VL under the hub's
+# key names (model.layers.* / visual.*) while the model's own keys are model.language_model.* /
+# model.visual.*; Qwen3-VL keys are saved verbatim.
+SIZE_MULTIPLE = {"qwen2_5_vl": 28, "qwen3_vl": 32}
+
+
+def safetensors_of(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_load_checkpoint_weights_restores_every_tensor_in_place(tiny_models, family):
+    from vlm3.models.hf import load_model_and_processor
+    from vlm3.train.sft import load_checkpoint_weights
+
+    model, _ = load_model_and_processor(tiny_models[family], dtype="float32")
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    frozen = {n for n, p in model.named_parameters() if ".visual." in f".{n}"}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n not in frozen)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    params = {n: id(p) for n, p in model.named_parameters()}
+
+    assert load_checkpoint_weights(model, tiny_models[family]) == len(reference)
+    assert_same_weights(reference, model.state_dict())
+    assert params == {n: id(p) for n, p in model.named_parameters()}  # copied in place: the optimizer's tensors
+    assert model.lm_head.weight is model.get_input_embeddings().weight  # still tied
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == frozen
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_rerun_after_the_last_step_keeps_the_checkpoint_weights(tiny_models, depth_data, tmp_path, family):
+    """Resuming at max_steps trains nothing: final/ must be the checkpoint's weights, bit for bit."""
+    from vlm3.train.sft import train
+
+    overrides = (f"data.size_multiple={SIZE_MULTIPLE[family]}", "train.max_steps=1", "train.save_steps=1", "train.per_device_batch_size=2")
+    cfg = tiny_config(tiny_models[family], depth_data, tmp_path / "run", *overrides)
+    first = train(cfg, quiet=True)
+    checkpoint = tmp_path / "run" / "checkpoint-1"
+    assert first.global_step == 1 and first.resumed_from is None
+    trained = safetensors_of(checkpoint)
+    assert_same_weights(trained, safetensors_of(first.final_dir))
+    assert any(not torch.equal(v, safetensors_of(tiny_models[family])[k]) for k, v in trained.items())
+
+    again = train(cfg, quiet=True)
+    assert again.resumed_from == str(checkpoint) and again.global_step == 1
+    assert_same_weights(trained, safetensors_of(again.final_dir))
+
+
+def test_resuming_from_a_checkpoint_missing_weights_is_a_named_error(tiny_models, depth_data, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from vlm3.train.sft import CheckpointError, train
+
+    family = "qwen2_5_vl"
+    overrides = (f"data.size_multiple={SIZE_MULTIPLE[family]}", "train.max_steps=1", "train.save_steps=1", "train.per_device_batch_size=2")
+    out = tmp_path / "run"
+    train(tiny_config(tiny_models[family], depth_data, out, *overrides), quiet=True)
+    checkpoint = out / "checkpoint-1"
+    weights = checkpoint / "model.safetensors"
+    saved = load_file(weights)
+    gone, renamed = "model.layers.0.mlp.down_proj.weight", "visual.blocks.0.norm1.weight"  # Qwen2.5-VL hub names
+    assert gone in saved and renamed in saved
+
+    again = tiny_config(tiny_models[family], depth_data, out, *overrides, "train.max_steps=3")
+    tampered = {k: v for k, v in saved.items() if k != gone}
+    tampered["visual.blocks.0.norm_1.weight"] = tampered.pop(renamed)
+    save_file(tampered, weights, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError) as info:
+        train(again, quiet=True)
+    message = str(info.value)
+    assert f"cannot resume from {checkpoint}: 2 of " in message and "model tensors were not restored" in message
+    assert "model.language_model.layers.0.mlp.down_proj.weight" in message and "model.visual.blocks.0.norm1.weight" in message
+    assert "visual.blocks.0.norm_1.weight" in message  # the checkpoint tensor that matches nothing
+    assert isinstance(info.value, ConfigError)  # the CLI prints it as a one-line error, exit code 2
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]  # refused before training
+
+    # The command line: one line naming the checkpoint, exit code 2.
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(again.model_dump(mode="json")))
+    code, output = run_cli(str(config))
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert code == 2 and "Traceback" not in output
+    assert len(errors) == 1 and errors[0].startswith(f"error: cannot resume from {checkpoint}: 2 of ")
+
+
 # --- a trained checkpoint stands on its own ----------------------------------------------------
 
 # A fresh interpreter that never imports vlm3: the built tiny model and a trained final/ must load

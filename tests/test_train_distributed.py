@@ -4,7 +4,9 @@
   one checkpoint, and read disjoint plan rows that together cover the plan.
 - A run killed with SIGKILL after its first checkpoint, then re-run with the same command, resumes
   from that checkpoint and ends bit-identical to an uninterrupted run: same per-step rows, same
-  per-step losses, same final weights (CPU, one thread, same seeds).
+  per-step losses, same final weights (CPU, one thread, same seeds). Once per model family:
+  transformers 5 saves a Qwen2.5-VL under other key names than the model's own, which a resume
+  must map back (``vlm3.train.sft.load_checkpoint_weights``).
 
 Which plan rows a rank trained on is read from the opt-in row log (``VLM3_LOG_ROWS``, see
 ``vlm3.train.dataset``).
@@ -43,24 +45,39 @@ def read_row_log(folder: str | Path) -> dict[int, list[int]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict[str, Path]:
-    """A tiny Qwen3-VL, a small depth dataset and a config file using them."""
+SIZE_MULTIPLE = {"qwen2_5_vl": 28, "qwen3_vl": 32}  # patch x merge
+
+
+def build_setup(root: Path, family: str) -> dict[str, Path]:
+    """A tiny model of ``family``, a small depth dataset and a config file using them."""
     from vlm3.data.synth import generate, get_family
     from vlm3.models.tiny import build_tiny_model
 
-    root = tmp_path_factory.mktemp("dist")
-    model = build_tiny_model("qwen3_vl", root / "tiny", seed=0)
+    model = build_tiny_model(family, root / "tiny", seed=0)
     data = generate(get_family("fixed_rig"), 8, root / "data", seed=0, tasks=("depth",), progress=False, overwrite=True)
     config = root / "tiny.yaml"
     config.write_text(yaml.safe_dump({
         "model": {"name_or_path": str(model), "dtype": "float32", "min_pixels": 1024, "max_pixels": 50176},
-        "data": {"task": "depth", "datasets": [{"path": str(data)}], "focal": 140, "size_multiple": 32,
+        "data": {"task": "depth", "datasets": [{"path": str(data)}], "focal": 140, "size_multiple": SIZE_MULTIPLE[family],
                  "points_per_sample": 3, "depth_type": "z"},
         "train": {"output_dir": str(root / "unused"), "per_device_batch_size": BATCH, "learning_rate": 2e-3,
                   "warmup_ratio": 0.1, "lr_scheduler_type": "cosine", "max_grad_norm": 1.0, "logging_steps": 1},
     }))
     return {"root": root, "config": config}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    """A tiny Qwen3-VL (the paper's family), a small depth dataset and a config file using them."""
+    return build_setup(tmp_path_factory.mktemp("dist"), "qwen3_vl")
+
+
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def family_setup(request, setup, tmp_path_factory) -> dict[str, Path]:
+    """:func:`setup` for each model family."""
+    if request.param == "qwen3_vl":
+        return setup
+    return build_setup(tmp_path_factory.mktemp(f"dist-{request.param}"), request.param)
 
 
 def env_with(rows: Path) -> dict[str, str]:
@@ -121,7 +138,8 @@ def loss_rows(out: Path) -> list[tuple[int, str]]:
         return [(int(r["step"]), r["loss"]) for r in csv.DictReader(f)]
 
 
-def test_kill_and_rerun_resumes_exactly(setup, tmp_path):
+def test_kill_and_rerun_resumes_exactly(family_setup, tmp_path):
+    setup = family_setup
     steps, save = 12, 4
     overrides = (f"train.max_steps={steps}", f"train.save_steps={save}", "train.save_total_limit=2")
     ref_out, run_out = tmp_path / "reference", tmp_path / "run"

@@ -17,7 +17,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
-from vlm3.models.backend import Backend, single_turn, Completion
+from vlm3.models.backend import Backend, Completion, single_turn
 from vlm3.profiles import max_new_tokens_for, task_profile
 from vlm3.tasks.base import Query, get_task
 from vlm3.tasks.samples import Sample
@@ -27,6 +27,8 @@ from vlm3.tasks.samples import Sample
 TRUNCATED = "truncated at the token limit"
 #: Why an answer that ended but could not be read failed.
 UNPARSED = "the answer did not parse"
+#: Why a question has no answer at all: the request failed after the backend's retries.
+REQUEST_FAILED = "the request failed"
 
 
 class AskError(RuntimeError):
@@ -38,13 +40,16 @@ class Answer:
     """One answered query: the raw text and the typed prediction (None when it could not be read).
 
     ``truncated``: the answer was cut off by the token limit (or lacks the required closing
-    text); it is then a failure (``pred`` None) whatever its start would parse to.
+    text); it is then a failure (``pred`` None) whatever its start would parse to. ``error``: the
+    request itself failed after the backend's retries (finish reason ``"error"``): a failure that
+    ``vlm3 eval`` asks again when resumed.
     """
 
     query: Query
     raw: str
     pred: Any
     truncated: bool = False
+    error: bool = False
 
     @property
     def parsed(self) -> bool:
@@ -52,7 +57,9 @@ class Answer:
 
     @property
     def failure(self) -> str | None:
-        """Why the answer is a failure (:data:`TRUNCATED` or :data:`UNPARSED`), None when it parsed."""
+        """Why the answer is a failure (:data:`REQUEST_FAILED`, :data:`TRUNCATED` or :data:`UNPARSED`), None when it parsed."""
+        if self.error:
+            return REQUEST_FAILED
         if self.truncated:
             return TRUNCATED
         return None if self.parsed else UNPARSED
@@ -70,6 +77,7 @@ class Answer:
             "raw": self.raw,
             "parsed": self.parsed,
             "truncated": self.truncated,
+            **({"error": True} if self.error else {}),
             "pred": self.pred,
             "gt": q.gt,
             **q.fields,
@@ -125,7 +133,7 @@ def ask(
             got[i] += [next(it) for _ in pending[i].parts or [pending[i].question]]
     out = []
     for q, parts in zip(pending, got):
-        texts, cut = [], False
+        texts, cut, failed = [], False, False
         for c in parts:
             # A plain string is accepted from backends written before query_many returned completions
             # (finish reason unknown); anything else that is not text is an empty, failed answer.
@@ -134,13 +142,14 @@ def ask(
             else:
                 text, finish = (c if isinstance(c, str) else ""), None
             texts.append(text)
+            failed = failed or finish == "error"
             cut = cut or finish == "length" or (require is not None and require not in text)
         text = "\n".join(texts)
         pred = None
-        if not cut:
+        if not (cut or failed):
             try:
                 pred = task.read(text, q, sample)
             except Exception:  # a malformed answer is a failed prediction, never a crash
                 pred = None
-        out.append(Answer(q, text, pred, cut))
+        out.append(Answer(q, text, pred, cut and not failed, failed))
     return out

@@ -54,7 +54,7 @@ def synth(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing dataset in --out"),
 ) -> None:
     """Render synthetic 3D scenes into a prepared vlm3 dataset (records, PNG images, manifest)."""
-    from vlm3.data.synth import generate, get_family, normalize_tasks, parse_override
+    from vlm3.data.synth import generate, get_family, normalize_tasks, parse_override, parse_size
 
     try:
         fam = get_family(family)
@@ -62,15 +62,7 @@ def synth(
         if focal_range is not None:
             overrides["focal"] = parse_override(fam, f"focal={focal_range}")[1]
         if size is not None:
-            text = size.lower().replace(" ", "")
-            if "x" in text:
-                w, h = (int(v) for v in text.split("x", 1))
-                overrides.update(width=(w, w), aspect=(w / h, w / h))
-            elif "-" in text:
-                lo, hi = (int(v) for v in text.split("-", 1))
-                overrides["width"] = (lo, hi)
-            else:
-                raise ValueError(f"--size {size!r}: use WxH (e.g. 112x112) or a width range W1-W2 (e.g. 56-224)")
+            overrides.update(parse_size(size))
         for item in set_:
             key, value = parse_override(fam, item)
             overrides[key] = value
@@ -242,23 +234,52 @@ def serve_command(
     api_key: str | None = typer.Option(
         None, "--api-key", envvar="VLM3_API_KEY", help="Require 'Authorization: Bearer KEY' (or set VLM3_API_KEY)."
     ),
-    max_image_pixels: int = typer.Option(4096 * 4096, "--max-image-pixels", min=1, help="Largest image accepted (width x height)."),
-    max_request_bytes: int = typer.Option(64 * 1024 * 1024, "--max-request-bytes", min=1, help="Largest request body accepted."),
-    max_concurrency: int = typer.Option(1, "--max-concurrency", min=1, help="Model batches running at once; others queue."),
-    max_batch_size: int = typer.Option(8, "--max-batch-size", min=1, help="Queued requests answered together in one batch."),
+    max_image_pixels: int = typer.Option(
+        4096 * 4096, "--max-image-pixels", min=1, help="Largest image accepted, width x height (default 16777216 = 4096 x 4096); checked from the header before decoding."
+    ),
+    max_request_pixels: int = typer.Option(
+        4096 * 4096, "--max-request-pixels", min=1, help="Largest total of width x height over a request's images (default 16777216)."
+    ),
+    max_request_bytes: int = typer.Option(64 * 1024 * 1024, "--max-request-bytes", min=1, help="Largest request body accepted (default 67108864 = 64 MiB); more is 413."),
+    max_prompt_tokens: int = typer.Option(
+        8192, "--max-prompt-tokens", min=1, help="Longest prompt accepted in tokens, image tokens included (default 8192); more is 400."
+    ),
+    max_tokens_limit: int = typer.Option(4096, "--max-tokens-limit", min=1, help="Largest max_tokens a request may ask for (default 4096); more is 400."),
+    max_batch_tokens: int = typer.Option(
+        4096, "--max-batch-tokens", min=1, help="Largest sum of max_tokens over one batch, its decode work (default 4096); a single request always runs."
+    ),
+    max_queue: int = typer.Option(
+        64,
+        "--max-queue",
+        min=1,
+        help=(
+            "Chat requests in the server at once: being read, validated, waiting or running (default 64); one more gets 503 with "
+            "Retry-After. Bounds what requests hold in memory: max-queue x max(max-request-bytes, 4 x max-request-pixels) "
+            "+ 4 x (4 x max-request-bytes + 8 x max-request-pixels) bytes, about 5.9 GB with the defaults."
+        ),
+    ),
+    max_concurrency: int = typer.Option(1, "--max-concurrency", min=1, help="Model batches running at once; others queue (default 1)."),
+    max_batch_size: int = typer.Option(8, "--max-batch-size", min=1, help="Queued requests answered together in one batch (default 8)."),
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda:0."),
     dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16, float16 or auto (default: float32 on CPU, else bfloat16)."),
 ) -> None:
     """Serve a model over OpenAI-compatible chat completions (greedy decoding)."""
+    from vlm3.models.hf import resolve_source
     from vlm3.serve.server import serve
 
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         typer.echo(f"warning: serving on {host} without --api-key; anyone who can reach the port can use the model", err=True)
-    serve(
-        model, host=host, port=port, api_key=api_key, max_image_pixels=max_image_pixels,
-        max_request_bytes=max_request_bytes, max_concurrency=max_concurrency, max_batch_size=max_batch_size,
-        device=device, dtype=dtype,
-    )
+    try:
+        resolve_source(model)  # a missing folder is one line at once, before the server starts
+        serve(
+            model, host=host, port=port, api_key=api_key, max_image_pixels=max_image_pixels,
+            max_request_pixels=max_request_pixels, max_request_bytes=max_request_bytes, max_prompt_tokens=max_prompt_tokens,
+            max_tokens_limit=max_tokens_limit, max_batch_tokens=max_batch_tokens, max_queue=max_queue,
+            max_concurrency=max_concurrency, max_batch_size=max_batch_size, device=device, dtype=dtype,
+        )
+    except (ValueError, OSError) as e:  # no such model, not a VLM, corrupt weights: one line, no traceback
+        typer.echo(f"Error: {e}", err=True)
+        raise typer.Exit(1) from None
 
 
 # --- train: supervised fine-tuning with the VLM3 recipe (vlm3.train) -------------------------
@@ -329,6 +350,8 @@ def train_command(
 
 # --- eval: run a model on a bench, save predictions, write metrics and a report (vlm3.eval) ---
 
+from vlm3.models.openai_http import HTTP_FLAGS  # noqa: E402 (the --http-* flags' names and help)
+
 
 @app.command("eval")
 def eval_command(
@@ -347,6 +370,10 @@ def eval_command(
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the figures."),
     api_key: str | None = typer.Option(None, "--api-key", envvar="VLM3_API_KEY", help="HTTP models: sent as 'Authorization: Bearer KEY' (env VLM3_API_KEY)."),
     served_model_name: str | None = typer.Option(None, "--served-model-name", help="HTTP models: the model name to request (default: the server's only model)."),
+    http_timeout: float | None = typer.Option(None, HTTP_FLAGS["timeout"][0], help=HTTP_FLAGS["timeout"][1]),
+    http_retries: int | None = typer.Option(None, HTTP_FLAGS["max_retries"][0], help=HTTP_FLAGS["max_retries"][1]),
+    http_total_timeout: float | None = typer.Option(None, HTTP_FLAGS["total_timeout"][0], help=HTTP_FLAGS["total_timeout"][1]),
+    http_max_answer_bytes: int | None = typer.Option(None, HTTP_FLAGS["max_answer_bytes"][0], help=HTTP_FLAGS["max_answer_bytes"][1]),
     pair_order: str | None = typer.Option(
         None, "--pair-order",
         help="Pose benches: override scoring.pair_order, cam2_from_cam1 (default) or cam1_from_cam2 (VGGT's evaluation order); cached answers are reused.",
@@ -374,7 +401,11 @@ def eval_command(
         result = run_eval(
             model, bench, out, batch_size=batch_size, limit=limit, limit_points=limit_points, max_new_tokens=max_new_tokens,
             meta=meta, cache_dir=cache, overwrite=overwrite, device=device, dtype=dtype, plots=not no_plots,
-            backend_options=http_options(model, api_key=api_key, served_model_name=served_model_name), pair_order=pair_order,
+            backend_options=http_options(
+                model, api_key=api_key, served_model_name=served_model_name, timeout=http_timeout, total_timeout=http_total_timeout,
+                max_retries=http_retries, max_answer_bytes=http_max_answer_bytes,
+            ),
+            pair_order=pair_order,
             profile=profile,
         )
     except KeyboardInterrupt:

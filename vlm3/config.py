@@ -29,9 +29,10 @@ class ConfigError(ValueError):
 
 
 class ConfigModel(BaseModel):
-    """Base of config sections: unknown keys are errors, numbers are accepted where text is expected."""
+    """Base of config sections: unknown keys are errors, numbers are accepted where text is expected,
+    and every float field is finite (``.nan`` / ``.inf`` are errors; ranges are each field's ``Field``)."""
 
-    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, allow_inf_nan=False)
 
 
 def apply_overrides(data: dict[str, Any], items: Iterable[str], *, min_depth: int = 1) -> dict[str, Any]:
@@ -49,7 +50,7 @@ def apply_overrides(data: dict[str, Any], items: Iterable[str], *, min_depth: in
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: invalid YAML value ({e})") from None
+            raise ConfigError(f"override {item!r}: invalid YAML value ({yaml_problem(e)})") from None
         node = out
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
@@ -60,6 +61,17 @@ def apply_overrides(data: dict[str, Any], items: Iterable[str], *, min_depth: in
             node = child
         node[parts[-1]] = value
     return out
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML parse error on one line: what is wrong and where (line and column, 1-based)."""
+    problem = getattr(error, "problem", None)
+    mark = getattr(error, "problem_mark", None)
+    if not problem:
+        return " ".join(str(error).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = getattr(error, "context", None)
+    return f"{context + ': ' if context else ''}{problem}{where}"
 
 
 def validate(cls: type[M], data: Any, where: str) -> M:
@@ -77,8 +89,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: invalid YAML ({e})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({yaml_problem(e)})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read ({e})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

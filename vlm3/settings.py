@@ -41,7 +41,7 @@ class Settings(BaseModel):
     (``vlm3.profiles``); a profile other than ``vlm3`` fixes some of these fields per task.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # every float finite
 
     profile: str = Field(DEFAULT_PROFILE, description="prompt profile: how the model is asked and its answers read (vlm3.profiles)")
     unify: bool = Field(True, description="focal-length unification (the recipe); false = the ablation")

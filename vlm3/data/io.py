@@ -9,7 +9,8 @@ Layout of a prepared dataset folder::
       images/...               # optional: materialised (e.g. focal-unified) images
 
 Image paths inside records are relative to ``manifest["image_root"]`` (absolute, or relative to
-the manifest's folder). Shards are plain JSONL, so ``datasets.load_dataset("json", ...)`` reads
+the manifest's folder); a record's image path must itself be relative and without ``..``
+(``vlm3.data.images.record_image_path`` joins it with the root and refuses it otherwise). Shards are plain JSONL, so ``datasets.load_dataset("json", ...)`` reads
 them too.
 """
 

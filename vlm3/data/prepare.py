@@ -3,8 +3,10 @@
 For every work unit of the adapter (``Adapter.units()``: an image-list chunk, a scene, ...):
 
 1. ``adapter.convert(unit)`` yields records and rejections;
-2. every record is checked against its image files (``vlm3.data.validate``: missing, corrupt,
-   wrong size, labelled pixel outside the image) and must carry a label (``no_labels``);
+2. every record is checked against its image files (``vlm3.data.validate``: image path absolute
+   or leaving the dataset root, missing, over the pixel cap (``vlm3.data.images``, checked from the
+   header before decoding), corrupt, wrong size, labelled pixel outside the image) and must carry a
+   label (``no_labels``); each failure is a rejection counted by reason in the report;
 3. with ``--materialize`` the record is focal-unified (``vlm3.data.unify.unify_record``, fx = fy =
    ``--focal``) and its images are written as PNG under ``DST/images``; records then name those
    images and the unified intrinsics, and the manifest's ``image_root`` is ``DST``. Without it,
@@ -25,6 +27,10 @@ Output::
 Resuming. Re-running the same command skips units whose shard and done file exist (the report
 still counts them, from the done files), so an interrupted run continues where it stopped and
 gives the same final output. Running with different settings into the same DST is refused.
+Files are written to a temporary name and renamed, so a killed run leaves no half-written file
+under its real name; the temporaries it leaves (``*.tmp``) are removed by the next run that owns
+them (see :func:`_remove_stale_tmp`). Workers exit as soon as the main process is gone, even one
+killed with SIGKILL: they watch a pipe only the main process can write to.
 
 Scaling out. ``--num-shards N --shard-index I`` converts only units with ``index % N == I``, so N
 copies of the same command (e.g. a SLURM array, ``--shard-index $SLURM_ARRAY_TASK_ID``) split the
@@ -40,6 +46,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import re
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -136,8 +143,9 @@ def prepare(
         raise PrepareError(f"adapter {adapter} returned duplicate unit names")
     info = ad.manifest_info()
     settings = _settings(adapter, root, opts, adapter_opts, info.get("source_version"))
-    _claim_out_dir(out, settings)
+    _claim_out_dir(out, settings, _tmp_owner(opts))
     _remove_stale(out, len(units))
+    _remove_stale_tmp(out, opts)
 
     mine = [(i, u) for i, u in enumerate(units) if i % opts.num_shards == opts.shard_index]
     todo = [(i, u) for i, u in mine if _read_done(out, i, u, settings["hash"]) is None]
@@ -152,7 +160,7 @@ def prepare(
     if report.complete:
         write_manifest(out, _manifest(ad, info, root, out, opts, adapter_opts, units, done, report))
         report.manifest = str(out / MANIFEST)
-    _write_json(out / REPORT, report.to_dict())
+    _write_json(out / REPORT, report.to_dict(), _tmp_owner(opts))
     return report
 
 
@@ -231,6 +239,7 @@ class _UnitConverter:
         self.out = out
         self.settings = settings
         self.opts = opts
+        self.owner = _tmp_owner(opts)
 
     def run(self, index: int, unit: str) -> dict[str, Any]:
         from vlm3.data.validate import check_images, load_images
@@ -307,7 +316,7 @@ class _UnitConverter:
             "seconds": round(time.perf_counter() - t0, 4),
         }
         # Written last: a shard without its done file (a run killed in between) is redone.
-        _write_json(_done_path(self.out, index), result)
+        _write_json(_done_path(self.out, index), result, self.owner)
         return result
 
     def _materialize(self, rec: Record, images: list[np.ndarray]) -> tuple[Record, int]:
@@ -320,7 +329,7 @@ class _UnitConverter:
             path = self.out / rel
             # Same source image -> same unified image (settings are fixed per DST), so skip rewrites.
             if not path.is_file():
-                _write_png(path, img)
+                _write_png(path, img, self.owner)
             views.append(view.model_copy(update={"image": rel}))
             meta["source_image" if k == 0 else f"source_image{k}"] = orig.image
         return u.record.model_copy(update={"views": views, "meta": meta}), u.dropped_labels
@@ -347,7 +356,7 @@ def _png_params() -> list[int]:
     return [cv2.IMWRITE_PNG_COMPRESSION, 1]
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
+def _write_png(path: Path, image: np.ndarray, owner: str) -> None:
     import cv2
 
     arr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 and image.shape[2] == 3 else image
@@ -355,7 +364,7 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     if not ok:
         raise OSError(f"cannot encode {path} as PNG")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _tmp_path(path, owner)
     tmp.write_bytes(buf.tobytes())
     os.replace(tmp, path)  # atomic: readers and resumed runs never see half an image
 
@@ -365,11 +374,15 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 _WORKER: dict[str, _UnitConverter] = {}
 
 
-def _init_worker(adapter: type[Adapter], root: Path, adapter_opts: AdapterOptions, out: Path, settings: dict, opts: PrepareOptions) -> None:
+def _init_worker(
+    adapter: type[Adapter], root: Path, adapter_opts: AdapterOptions, out: Path, settings: dict, opts: PrepareOptions, lifeline: Any = None
+) -> None:
     import signal
 
     import cv2
 
+    if lifeline is not None:
+        _exit_with_main_process(lifeline)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the main process
     cv2.setNumThreads(1)  # parallelism comes from the processes; threads would oversubscribe the cores
     _WORKER["conv"] = _UnitConverter(adapter(root, adapter_opts), out, settings, opts)
@@ -377,6 +390,29 @@ def _init_worker(adapter: type[Adapter], root: Path, adapter_opts: AdapterOption
 
 def _run_in_worker(index: int, unit: str) -> dict[str, Any]:
     return _WORKER["conv"].run(index, unit)
+
+
+def _exit_with_main_process(lifeline: Any) -> None:
+    """End this worker as soon as the main process is gone, however it ended (SIGKILL included).
+
+    ``lifeline`` is the read end of a pipe whose write end only the main process holds: when that
+    process dies the kernel closes it and the read end reports end-of-file. A parent-death signal
+    (``PR_SET_PDEATHSIG``) would not do: a worker's parent is the fork server, not the main
+    process, and the fork server itself only exits once every worker has. Neither would waiting
+    for the pool's queues: each worker holds both of their ends, so they never close. The watch is
+    a daemon thread blocked in ``poll``; the worker exits with ``os._exit`` (no cleanup: a unit
+    half done is redone by the next run, and its temporary files removed).
+    """
+    import threading
+
+    def watch() -> None:
+        try:
+            lifeline.poll(None)  # nothing is ever sent: returns only at end-of-file
+        except (OSError, EOFError, ValueError):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vlm3-prepare-lifeline", daemon=True).start()
 
 
 def _mp_context() -> Any:
@@ -452,11 +488,15 @@ def _run(
                 advance(res)
         return results
 
+    ctx = _mp_context()
+    # Workers exit when the main process dies: they watch the read end; only this process holds the
+    # write end (see _exit_with_main_process).
+    lifeline, lifeline_w = ctx.Pipe(duplex=False)
     pool = ProcessPoolExecutor(
         max_workers=min(opts.workers, len(todo)),
-        mp_context=_mp_context(),
+        mp_context=ctx,
         initializer=_init_worker,
-        initargs=(type(ad), ad.root, adapter_opts, out, settings, opts),
+        initargs=(type(ad), ad.root, adapter_opts, out, settings, opts, lifeline),
     )
     try:
         futures = {pool.submit(_run_in_worker, index, unit): (index, unit) for index, unit in todo}
@@ -476,8 +516,12 @@ def _run(
             proc.terminate()
         for proc in workers:
             proc.join(5)
+        lifeline.close()
+        lifeline_w.close()
         raise
     pool.shutdown(wait=True)
+    lifeline.close()
+    lifeline_w.close()
     return results
 
 
@@ -524,7 +568,7 @@ def _settings(adapter: str, root: Path, opts: PrepareOptions, ao: AdapterOptions
     return s
 
 
-def _claim_out_dir(out: Path, settings: dict[str, Any]) -> None:
+def _claim_out_dir(out: Path, settings: dict[str, Any], owner: str) -> None:
     path = out / SETTINGS
     if path.is_file():
         try:
@@ -541,7 +585,7 @@ def _claim_out_dir(out: Path, settings: dict[str, Any]) -> None:
     if out.exists() and any(not p.name.startswith(".") for p in out.iterdir()):
         raise PrepareError(f"--out {out} is not empty and holds no {SETTINGS}: refusing to write into it")
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(path, settings)
+    _write_json(path, settings, owner)
 
 
 def _remove_stale(out: Path, n_units: int) -> None:
@@ -552,6 +596,50 @@ def _remove_stale(out: Path, n_units: int) -> None:
         for p in folder.glob(f"*{suffix}"):
             if p.stem.isdigit() and int(p.stem) >= n_units:
                 p.unlink()
+
+
+def _tmp_owner(opts: PrepareOptions) -> str:
+    """The tag in this run's temporary file names (``sIofN``): which later run may remove them."""
+    return f"s{opts.shard_index}of{opts.num_shards}"
+
+
+def _tmp_path(path: Path, owner: str) -> Path:
+    """The hidden temporary that becomes ``path`` when complete: ``.NAME.OWNER.PID.tmp``."""
+    return path.with_name(f".{path.name}.{owner}.{os.getpid()}.tmp")
+
+
+_OWNED_TMP = re.compile(r"^\..+\.(s\d+of\d+)\.\d+\.tmp$")  # written by _tmp_path
+_SHARD_TMP = re.compile(r"^(\d+)\.jsonl\.tmp$")  # vlm3.data.io.write_shard's temporary of shard NNNNN
+
+
+def _remove_stale_tmp(out: Path, opts: PrepareOptions) -> int:
+    """Remove the temporary files a killed run left in ``out`` that this run owns; returns how many.
+
+    A run without ``--num-shards`` owns all of ``out`` (runs writing into one DST at the same time
+    split it with ``--num-shards``; the closing unsharded run comes after them), so it removes every
+    ``*.tmp`` file there. A sharded run removes only what no other shard's run can be writing at
+    the same moment: temporaries tagged with its own ``sIofN`` and the shard temporaries
+    (``records/NNNNN.jsonl.tmp``) of its own units.
+    """
+    owner = _tmp_owner(opts)
+    removed = 0
+    for folder, _, files in os.walk(out):
+        for name in files:
+            if not name.endswith(".tmp"):
+                continue
+            if opts.num_shards > 1:
+                tagged, shard = _OWNED_TMP.match(name), _SHARD_TMP.match(name)
+                mine = (tagged is not None and tagged.group(1) == owner) or (
+                    shard is not None and Path(folder) == out / RECORDS_DIR and int(shard.group(1)) % opts.num_shards == opts.shard_index
+                )
+                if not mine:
+                    continue
+            try:
+                os.unlink(os.path.join(folder, name))
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def _done_path(out: Path, index: int) -> Path:
@@ -572,9 +660,9 @@ def _read_done(out: Path, index: int, unit: str, settings_hash: str) -> dict[str
     return d
 
 
-def _write_json(path: Path, data: Any) -> None:
+def _write_json(path: Path, data: Any, owner: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _tmp_path(path, owner)
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     os.replace(tmp, path)
 

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import ValidationError
 
+from vlm3.data.images import ImageError, ImagePathError, ImageTooLargeError, image_size, open_image, record_image_path
 from vlm3.data.records import Record, check_pixels_inside
 
 if TYPE_CHECKING:
@@ -51,29 +52,37 @@ def make_record(source: str, **fields: Any) -> Record | Rejection:
     return record
 
 
-def check_images(record: Record, root: str | Path, *, source: str | None = None, decode: bool = True) -> Rejection | None:
+def check_images(
+    record: Record, root: str | Path, *, source: str | None = None, decode: bool = True, max_pixels: int | None = None
+) -> Rejection | None:
     """Check every view's image file under ``root`` and the labelled pixels; None if all is well.
 
-    Checks, in order: the file exists (``missing_file``), it decodes (``unreadable_file``; with
-    ``decode=False`` only the header is read, which misses truncated files), its size equals the
-    intrinsics' width x height (``size_mismatch``), and labelled pixels lie inside their
-    image (``pixel_outside_image``, via ``records.check_pixels_inside``).
+    Checks, in order: the record's image path stays inside ``root`` (``image_outside_root``: no
+    absolute path, no ``..``; ``vlm3.data.images.record_image_path``), the file exists
+    (``missing_file``), its header's width x height is within the pixel cap (``image_too_large``;
+    ``max_pixels``, default ``vlm3.data.images.max_image_pixels()``), it decodes
+    (``unreadable_file``; with ``decode=False`` only the header is read, which misses truncated
+    files), its size equals the intrinsics' width x height (``size_mismatch``), and labelled pixels
+    lie inside their image (``pixel_outside_image``, via ``records.check_pixels_inside``).
     """
-    out = _inspect(record, Path(root), source, decode=decode, keep=False)
+    out = _inspect(record, Path(root), source, decode=decode, keep=False, max_pixels=max_pixels)
     return None if isinstance(out, list) else out
 
 
-def load_images(record: Record, root: str | Path, *, source: str | None = None) -> list[np.ndarray] | Rejection:
+def load_images(
+    record: Record, root: str | Path, *, source: str | None = None, max_pixels: int | None = None
+) -> list[np.ndarray] | Rejection:
     """Decode every view's image (uint8 RGB (H, W, 3) or grey (H, W)) after the :func:`check_images` checks.
 
     Returns the arrays in view order, or the :class:`Rejection` of the first failed check.
     """
-    return _inspect(record, Path(root), source, decode=True, keep=True)
+    return _inspect(record, Path(root), source, decode=True, keep=True, max_pixels=max_pixels)
 
 
 def image_path(root: str | Path, image: str) -> Path:
-    """Location of a record's image under the dataset root (a leading "/" in the record is ignored)."""
-    return Path(root) / image.lstrip("/")
+    """Location of a record's image under the dataset root; ImagePathError (an OSError) for an
+    absolute path or one with ``..`` (``vlm3.data.images.record_image_path``)."""
+    return record_image_path(root, image)
 
 
 # --- internals ---------------------------------------------------------------------------------
@@ -87,23 +96,31 @@ def _reject(source: str, reason: str, detail: str) -> Rejection:
     return Rejection(source, reason, detail)
 
 
-def _inspect(record: Record, root: Path, source: str | None, *, decode: bool, keep: bool) -> list[np.ndarray] | Rejection:
+def _inspect(
+    record: Record, root: Path, source: str | None, *, decode: bool, keep: bool, max_pixels: int | None = None
+) -> list[np.ndarray] | Rejection:
     src = source or str(record.meta.get("source") or record.id)
     arrays: list[np.ndarray] = []
     for i, view in enumerate(record.views):
-        path = image_path(root, view.image)
         where = f"views[{i}].image = {view.image!r}"
+        try:
+            path = record_image_path(root, view.image, where=f"views[{i}].image")
+        except ImagePathError as e:
+            return _reject(src, "image_outside_root", str(e))
         if not path.is_file():
             return _reject(src, "missing_file", f"{where}: no file {path}")
         try:
-            with Image.open(path) as im:
+            if decode:
+                im = open_image(path, max_pixels=max_pixels)  # pixel cap from the header, then a full decode
                 size = im.size
-                if decode:
-                    im.load()  # full decode: catches truncated or garbled data, not only a bad header
-                    if keep:
-                        arrays.append(_to_array(im))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            return _reject(src, "unreadable_file", f"{where}: cannot decode {path.name} ({type(e).__name__}: {e})")
+                if keep:
+                    arrays.append(_to_array(im))
+            else:
+                size = image_size(path, max_pixels=max_pixels)
+        except ImageTooLargeError as e:
+            return _reject(src, "image_too_large", f"{where}: {e}")
+        except ImageError as e:  # not an image, truncated, garbled
+            return _reject(src, "unreadable_file", f"{where}: {e}")
         K = view.K
         if size != (K.width, K.height):
             return _reject(

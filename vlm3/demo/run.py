@@ -17,6 +17,7 @@ wall-clock each run took is reported beside them.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -165,8 +166,29 @@ def _identity_pose_baseline(train_dir: Path, pairs: list) -> dict:
     return pose_metrics([pred] * len(pairs), [R for R, _ in pairs], [t for _, t in pairs])
 
 
+# What otherwise changes the demo's numbers between machines of one kind (benchmarks/determinism.py):
+# the torch thread count and which CPU kernels torch, MKL and oneDNN pick (AVX-512 where the CPU has it).
+DEMO_THREADS = 2
+AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def pin_numerics() -> dict[str, Any]:
+    """Fix the demo's numerics: :data:`DEMO_THREADS` torch threads and AVX2 kernels (set before
+    torch's first kernel call). ``VLM3_DEMO_NUMERICS=native`` keeps the machine's own. Returns
+    what is in force, for ``results.json``."""
+    native = os.environ.get("VLM3_DEMO_NUMERICS") == "native"
+    if not native:
+        os.environ.update({**AVX2_KERNELS, "OMP_NUM_THREADS": str(DEMO_THREADS)})
+    import torch
+
+    if not native:
+        torch.set_num_threads(DEMO_THREADS)
+    return {"pinned": not native, "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run every stage and write the report; returns the results dictionary (also results.json)."""
+    numerics = pin_numerics()
     from vlm3.demo.report import dense_depth_figure, write_report
     from vlm3.eval.heldout import make_eval_fn
     from vlm3.models.local import LocalBackend
@@ -193,7 +215,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     if cfg.pose_steps > 0:
         arms_spec["d"] = ("recipe, pose", ["data.unify=true"], cfg.pose_steps, POSE.name)
 
-    results: dict[str, Any] = {"config": {k: str(v) for k, v in asdict(cfg).items()}, "arms": {}, "baselines": {}}
+    results: dict[str, Any] = {"config": {k: str(v) for k, v in asdict(cfg).items()}, "numerics": numerics, "arms": {}, "baselines": {}}
     heldouts: dict[str, dict[str, HeldOut]] = {}
     tcfgs, all_opts = {}, {}
     for key, (name, overrides, steps, task) in arms_spec.items():

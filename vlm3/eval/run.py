@@ -159,101 +159,106 @@ def run_eval(
     if not isinstance(model, str) and batch_size is not None:
         _set_batch_size(backend, batch_size)
     try:
-        trained = model_settings_for(spec or None, meta) or served_settings(backend)
-    except SettingsError as e:
-        raise EvalError(str(e)) from None
-    if trained is not None and trained.task not in (None, task.name):
-        _warn(f"the model was trained for task {trained.task!r}; bench {bench.name!r} is {task.name!r}")
-    try:
-        settings, sources, profile_from = settings_for_model(
-            task, trained, bench.settings, profile=profile, model_ids=model_ids(spec, backend), model=str(spec or type(backend).__name__)
-        )
-        fixed_limit = task_profile(settings.profile, task).max_new_tokens
-    except (ProfileError, SettingsError) as e:
-        raise EvalError(str(e)) from None
-    # A profile's own limit beats the bench's (bench limits fit vlm3's short answers).
-    max_new = max_new_tokens or fixed_limit or bench.max_new_tokens or task.max_new_tokens
-    model_name = spec_name(model) if isinstance(model, str) else (backend.name or type(backend).__name__)
+        try:
+            trained = model_settings_for(spec or None, meta) or served_settings(backend)
+        except SettingsError as e:
+            raise EvalError(str(e)) from None
+        if trained is not None and trained.task not in (None, task.name):
+            _warn(f"the model was trained for task {trained.task!r}; bench {bench.name!r} is {task.name!r}")
+        try:
+            settings, sources, profile_from = settings_for_model(
+                task, trained, bench.settings, profile=profile, model_ids=model_ids(spec, backend), model=str(spec or type(backend).__name__)
+            )
+            fixed_limit = task_profile(settings.profile, task).max_new_tokens
+        except (ProfileError, SettingsError) as e:
+            raise EvalError(str(e)) from None
+        # A profile's own limit beats the bench's (bench limits fit vlm3's short answers).
+        max_new = max_new_tokens or fixed_limit or bench.max_new_tokens or task.max_new_tokens
+        model_name = spec_name(model) if isinstance(model, str) else (backend.name or type(backend).__name__)
 
-    header = {
-        "model": model_name,
-        "bench": bench.name,
-        "task": task.name,
-        "samples_hash": samples.hash,
-        "settings": settings.model_dump(mode="json"),
-        "prompt_template_hash": prompt_template_hash(task, settings),
-        "profile": {"name": settings.profile, "hash": profile_hash(settings, task)},
-        "max_new_tokens": max_new,
-    }
-    _check_header(out, header, overwrite)
-    cached = read_predictions(out / PREDICTIONS)
-    entries = samples.entries[:limit]
-    root = image_root(data_dir)
-    total = samples.n_queries(limit, limit_points)
+        header = {
+            "model": model_name,
+            "bench": bench.name,
+            "task": task.name,
+            "samples_hash": samples.hash,
+            "settings": settings.model_dump(mode="json"),
+            "prompt_template_hash": prompt_template_hash(task, settings),
+            "profile": {"name": settings.profile, "hash": profile_hash(settings, task)},
+            "max_new_tokens": max_new,
+        }
+        _check_header(out, header, overwrite)
+        # A question whose request failed (the server was down) is asked again, not kept.
+        cached = {k: line for k, line in read_predictions(out / PREDICTIONS).items() if not line.get("error")}
+        entries = samples.entries[:limit]
+        root = image_root(data_dir)
+        total = samples.n_queries(limit, limit_points)
 
-    start = time.perf_counter()
-    calls = computed = reused = 0
-    bar = _progress(progress, total, f"eval {bench.name}")
-    try:
-        with open(out / PREDICTIONS, "a", encoding="utf-8") as f:
-            for entry in entries:
-                labels = entry.labels[:limit_points] if entry.labels is not None else None
-                keys = [f"{entry.record}#{task.label_key(i)}" for i in (labels if labels is not None else [None])]
-                have = sum(k in cached for k in keys)
-                reused += have
-                if have == len(keys):
-                    bar.advance(len(keys))
-                    continue
-                lines, asked = _answer_entry(backend, task, records[entry.record], root, settings, labels, cached, max_new)
-                calls += bool(asked)
-                if lines:
-                    f.write("".join(json.dumps(line) + "\n" for line in lines))
-                    f.flush()
-                    os.fsync(f.fileno())
-                for line in lines:
-                    cached[line["key"]] = line
-                computed += asked
-                bar.advance(len(keys) - have)
+        start = time.perf_counter()
+        calls = computed = reused = 0
+        bar = _progress(progress, total, f"eval {bench.name}")
+        try:
+            with open(out / PREDICTIONS, "a", encoding="utf-8") as f:
+                for entry in entries:
+                    labels = entry.labels[:limit_points] if entry.labels is not None else None
+                    keys = [f"{entry.record}#{task.label_key(i)}" for i in (labels if labels is not None else [None])]
+                    have = sum(k in cached for k in keys)
+                    reused += have
+                    if have == len(keys):
+                        bar.advance(len(keys))
+                        continue
+                    lines, asked = _answer_entry(backend, task, records[entry.record], root, settings, labels, cached, max_new)
+                    calls += bool(asked)
+                    if lines:
+                        f.write("".join(json.dumps(line) + "\n" for line in lines))
+                        f.flush()
+                        os.fsync(f.fileno())
+                    for line in lines:
+                        cached[line["key"]] = line
+                    computed += asked
+                    bar.advance(len(keys) - have)
+        finally:
+            bar.stop()
+        seconds = time.perf_counter() - start
+
+        ordered = []
+        for entry in entries:
+            labels = entry.labels[:limit_points] if entry.labels is not None else [None]
+            ordered += [cached[f"{entry.record}#{task.label_key(i)}"] for i in labels]
+        info = {
+            "model": {"spec": model_name, "backend": type(backend).__name__, "settings_from": None if trained is None else trained.path, "processor": processor_info(backend, [records[e.record] for e in entries], task, settings)},
+            "bench": {
+                "name": bench.name, "config": bench.source, "task": bench.task, "data": str(data_dir),
+                "samples": str(samples.path) if samples.path else None, "samples_hash": samples.hash, "seed": samples.seed,
+                "records": len(entries), "records_in_list": len(samples.entries), "limit": limit, "limit_points": limit_points,
+            },
+            "settings": header["settings"],
+            "settings_source": sources,
+            "profile": {**header["profile"], "from": profile_from, "require": task_profile(settings.profile, task).require},
+            "prompt_template_hash": header["prompt_template_hash"],
+            "questions_hash": "sha256:" + hashlib.sha256("\n".join(l.get("question", "") for l in ordered).encode()).hexdigest()[:16],
+            "max_new_tokens": max_new,
+            "scoring": scoring,
+            "versions": versions(),
+            "run": {
+                "seconds": round(seconds, 3), "queries": len(ordered), "computed": computed, "cached": reused,
+                "backend_calls": calls, "queries_per_s": round(computed / seconds, 3) if seconds > 0 and computed else None,
+                "batch_size": batch_size,
+            },
+        }
+        proc = info["model"]["processor"]
+        if proc and proc["images_resized"]:
+            _warn(
+                f"the model's image processor resizes {proc['images_resized']} of {proc['images']} unified images, so the focal "
+                f"length it sees is fx {proc['effective_fx'][0]:.1f}..{proc['effective_fx'][1]:.1f} px, not {settings.focal:g}; "
+                f"use settings.size_multiple = {proc['patch_multiple']} and a pixel budget ({proc['min_pixels']}..{proc['max_pixels']}) that holds the images"
+            )
+        # Metrics options: the bench's scoring, the text-coordinate range, and each view as shown.
+        options = {**scoring, "n_coords": settings.n_coords, "views": view_frames([records[e.record] for e in entries], task, settings)}
+        metrics = write_report(out, task, ordered, info, records=records, image_root=root, plots=plots, options=options)
+        return EvalResult(out, metrics, len(ordered), reused, calls, seconds)
     finally:
-        bar.stop()
-    seconds = time.perf_counter() - start
-
-    ordered = []
-    for entry in entries:
-        labels = entry.labels[:limit_points] if entry.labels is not None else [None]
-        ordered += [cached[f"{entry.record}#{task.label_key(i)}"] for i in labels]
-    info = {
-        "model": {"spec": model_name, "backend": type(backend).__name__, "settings_from": None if trained is None else trained.path, "processor": processor_info(backend, [records[e.record] for e in entries], task, settings)},
-        "bench": {
-            "name": bench.name, "config": bench.source, "task": bench.task, "data": str(data_dir),
-            "samples": str(samples.path) if samples.path else None, "samples_hash": samples.hash, "seed": samples.seed,
-            "records": len(entries), "records_in_list": len(samples.entries), "limit": limit, "limit_points": limit_points,
-        },
-        "settings": header["settings"],
-        "settings_source": sources,
-        "profile": {**header["profile"], "from": profile_from, "require": task_profile(settings.profile, task).require},
-        "prompt_template_hash": header["prompt_template_hash"],
-        "questions_hash": "sha256:" + hashlib.sha256("\n".join(l.get("question", "") for l in ordered).encode()).hexdigest()[:16],
-        "max_new_tokens": max_new,
-        "scoring": scoring,
-        "versions": versions(),
-        "run": {
-            "seconds": round(seconds, 3), "queries": len(ordered), "computed": computed, "cached": reused,
-            "backend_calls": calls, "queries_per_s": round(computed / seconds, 3) if seconds > 0 and computed else None,
-            "batch_size": batch_size,
-        },
-    }
-    proc = info["model"]["processor"]
-    if proc and proc["images_resized"]:
-        _warn(
-            f"the model's image processor resizes {proc['images_resized']} of {proc['images']} unified images, so the focal "
-            f"length it sees is fx {proc['effective_fx'][0]:.1f}..{proc['effective_fx'][1]:.1f} px, not {settings.focal:g}; "
-            f"use settings.size_multiple = {proc['patch_multiple']} and a pixel budget ({proc['min_pixels']}..{proc['max_pixels']}) that holds the images"
-        )
-    # Metrics options: the bench's scoring, the text-coordinate range, and each view as shown.
-    options = {**scoring, "n_coords": settings.n_coords, "views": view_frames([records[e.record] for e in entries], task, settings)}
-    metrics = write_report(out, task, ordered, info, records=records, image_root=root, plots=plots, options=options)
-    return EvalResult(out, metrics, len(ordered), reused, calls, seconds)
+        if isinstance(model, str):  # opened here: close its connections / engine
+            backend.close()
 
 
 def _scoring(bench: Bench, task: Task, pair_order: str | None) -> dict[str, Any]:

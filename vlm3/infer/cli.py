@@ -18,6 +18,7 @@ import typer
 
 from vlm3.ask import TRUNCATED
 from vlm3.infer.predict import HFOV_GUESS_DEG
+from vlm3.models.openai_http import HTTP_FLAGS
 from vlm3.settings import DEFAULT_FOCAL_PX, DEFAULT_N_COORDS
 from vlm3.tasks.correspondence import CORRESPONDENCE
 from vlm3.tasks.depth import DEPTH
@@ -45,6 +46,10 @@ _BATCH = typer.Option(None, "--batch-size", min=1, help="Local: questions per ba
 _DEVICE = typer.Option("cpu", "--device", help="torch device of a local model.")
 _API_KEY = typer.Option(None, "--api-key", envvar="VLM3_API_KEY", help="HTTP models: sent as 'Authorization: Bearer KEY' (env VLM3_API_KEY).")
 _SERVED = typer.Option(None, "--served-model-name", help="HTTP models: the model name to request (default: the server's only model).")
+_HTTP_TIMEOUT = typer.Option(None, HTTP_FLAGS["timeout"][0], help=HTTP_FLAGS["timeout"][1])
+_HTTP_RETRIES = typer.Option(None, HTTP_FLAGS["max_retries"][0], help=HTTP_FLAGS["max_retries"][1])
+_HTTP_TOTAL = typer.Option(None, HTTP_FLAGS["total_timeout"][0], help=HTTP_FLAGS["total_timeout"][1])
+_HTTP_BYTES = typer.Option(None, HTTP_FLAGS["max_answer_bytes"][0], help=HTTP_FLAGS["max_answer_bytes"][1])
 _PROFILE = typer.Option(
     None, "--profile",
     help="How to ask a model with no vlm3.json that is not a known checkpoint: vlm3, vlm3-release, depthlm or zero-shot (see vlm3.profiles).",
@@ -161,7 +166,9 @@ def parse_cli_box(value: str) -> tuple[float, float, float, float]:
 
 def open_for_predict(
     model: str, task: Any, *, meta: str | None = None, profile: str | None = None, batch_size: int | None = None, device: str = "cpu",
-    dtype: str | None = None, api_key: str | None = None, served_model_name: str | None = None, **overrides: Any,
+    dtype: str | None = None, api_key: str | None = None, served_model_name: str | None = None,
+    http_timeout: float | None = None, http_retries: int | None = None, http_total_timeout: float | None = None,
+    http_max_answer_bytes: int | None = None, **overrides: Any,
 ):
     """(backend, settings, where the model's settings were read): the model's ``vlm3.json`` (its
     folder, ``meta``, or what its server publishes), a released checkpoint's profile or
@@ -171,7 +178,10 @@ def open_for_predict(
     from vlm3.profiles import model_ids
     from vlm3.settings import model_settings_for, served_settings, settings_for_model
 
-    opened = backend.open_backend(model, batch_size, device=device, dtype=dtype, **backend.http_options(model, api_key=api_key, served_model_name=served_model_name))
+    opened = backend.open_backend(model, batch_size, device=device, dtype=dtype, **backend.http_options(
+        model, api_key=api_key, served_model_name=served_model_name, timeout=http_timeout, max_retries=http_retries,
+        total_timeout=http_total_timeout, max_answer_bytes=http_max_answer_bytes,
+    ))
     try:
         found = model_settings_for(model, meta) or served_settings(opened)
         base, _, source = settings_for_model(task, found, None, profile=profile, model_ids=model_ids(model, opened), model=model)
@@ -207,6 +217,8 @@ def predict_depth_command(
     profile: str | None = _PROFILE,
     device: str = _DEVICE,
     api_key: str | None = _API_KEY, served_model_name: str | None = _SERVED,
+    http_timeout: float | None = _HTTP_TIMEOUT, http_retries: int | None = _HTTP_RETRIES,
+    http_total_timeout: float | None = _HTTP_TOTAL, http_max_answer_bytes: int | None = _HTTP_BYTES,
 ) -> None:
     """Metric depth at pixels or on a grid, with a depth map and a coloured point cloud."""
     from rich.progress import Progress
@@ -226,7 +238,7 @@ def predict_depth_command(
             raise ValueError(f"--depth-type {depth_type!r} must be range or z")
         if estimated:
             warn_estimated(err, K, hfov)
-        backend, settings, source = open_for_predict(model, DEPTH, meta=meta, profile=profile, api_key=api_key, served_model_name=served_model_name, batch_size=batch_size, device=device, focal=focal, n_coords=n_coords, depth_type=depth_type)
+        backend, settings, source = open_for_predict(model, DEPTH, meta=meta, profile=profile, api_key=api_key, served_model_name=served_model_name, http_timeout=http_timeout, http_retries=http_retries, http_total_timeout=http_total_timeout, http_max_answer_bytes=http_max_answer_bytes, batch_size=batch_size, device=device, focal=focal, n_coords=n_coords, depth_type=depth_type)
         with Progress(console=err, transient=True) as bar:
             job = bar.add_task("asking", total=None)
             pred = P.predict_depth(backend, img, K, points=pts, grid=grid, settings=settings, max_new_tokens=max_new_tokens,
@@ -251,6 +263,8 @@ def predict_pose_command(
     profile: str | None = _PROFILE,
     device: str = _DEVICE,
     api_key: str | None = _API_KEY, served_model_name: str | None = _SERVED,
+    http_timeout: float | None = _HTTP_TIMEOUT, http_retries: int | None = _HTTP_RETRIES,
+    http_total_timeout: float | None = _HTTP_TOTAL, http_max_answer_bytes: int | None = _HTTP_BYTES,
 ) -> None:
     """Relative camera pose T_cam2_from_cam1: R, t, yaw/pitch/roll, distance."""
     from vlm3.infer import predict as P
@@ -259,7 +273,7 @@ def predict_pose_command(
     with _one_line_errors(err):
         a, b = P.load_image(image1), P.load_image(image2)
         K1, K2, estimated = _pair_intrinsics(err, a, b, (fx, fy, cx, cy), (fx2, fy2, cx2, cy2), estimate_intrinsics, hfov)
-        backend, settings, _ = open_for_predict(model, POSE, meta=meta, profile=profile, api_key=api_key, served_model_name=served_model_name, device=device, focal=focal)
+        backend, settings, _ = open_for_predict(model, POSE, meta=meta, profile=profile, api_key=api_key, served_model_name=served_model_name, http_timeout=http_timeout, http_retries=http_retries, http_total_timeout=http_total_timeout, http_max_answer_bytes=http_max_answer_bytes, device=device, focal=focal)
         result = P.predict_pose(backend, a, b, K1, K2, settings, max_new_tokens=max_new_tokens)
         warn_processor(err, result.processor)
         doc = {"image1": image1, "image2": image2, "model": model, "intrinsics_estimated": estimated, **result.to_dict()}
@@ -287,6 +301,8 @@ def predict_match_command(
     profile: str | None = _PROFILE,
     device: str = _DEVICE,
     api_key: str | None = _API_KEY, served_model_name: str | None = _SERVED,
+    http_timeout: float | None = _HTTP_TIMEOUT, http_retries: int | None = _HTTP_RETRIES,
+    http_total_timeout: float | None = _HTTP_TOTAL, http_max_answer_bytes: int | None = _HTTP_BYTES,
 ) -> None:
     """Pixel correspondences: where each point of image 1 appears in image 2."""
     from vlm3.infer import predict as P
@@ -296,7 +312,7 @@ def predict_match_command(
         a, b = P.load_image(image1), P.load_image(image2)
         K1, K2, estimated = _pair_intrinsics(err, a, b, (fx, fy, cx, cy), (fx2, fy2, cx2, cy2), estimate_intrinsics, hfov)
         pts = P.from_cli_pixels(parse_cli_points(points))
-        backend, settings, _ = open_for_predict(model, CORRESPONDENCE, meta=meta, profile=profile, api_key=api_key, served_model_name=served_model_name, batch_size=batch_size, device=device, focal=focal, n_coords=n_coords)
+        backend, settings, _ = open_for_predict(model, CORRESPONDENCE, meta=meta, profile=profile, api_key=api_key, served_model_name=served_model_name, http_timeout=http_timeout, http_retries=http_retries, http_total_timeout=http_total_timeout, http_max_answer_bytes=http_max_answer_bytes, batch_size=batch_size, device=device, focal=focal, n_coords=n_coords)
         pred = P.predict_match(backend, a, b, pts, K1, K2, settings, max_new_tokens=max_new_tokens)
         warn_processor(err, pred.processor)
         rows = [{"x1": float(p[0]), "y1": float(p[1]), "x2": float(q[0]) if ok else None, "y2": float(q[1]) if ok else None, "raw": r, "parsed": bool(ok), "failure": why}
@@ -327,6 +343,8 @@ def predict_object_command(
     profile: str | None = _PROFILE,
     device: str = _DEVICE,
     api_key: str | None = _API_KEY, served_model_name: str | None = _SERVED,
+    http_timeout: float | None = _HTTP_TIMEOUT, http_retries: int | None = _HTTP_RETRIES,
+    http_total_timeout: float | None = _HTTP_TOTAL, http_max_answer_bytes: int | None = _HTTP_BYTES,
 ) -> None:
     """Object-level 3D questions about boxed regions (relations, distances, sizes, directions)."""
     from vlm3.infer import predict as P
@@ -342,7 +360,7 @@ def predict_object_command(
             P.ask_kind(ask)
         if estimated:
             warn_estimated(err, K, hfov)
-        backend, settings, _ = open_for_predict(model, OBJECT, meta=meta, profile=profile, api_key=api_key, served_model_name=served_model_name, device=device, focal=focal, n_coords=n_coords)
+        backend, settings, _ = open_for_predict(model, OBJECT, meta=meta, profile=profile, api_key=api_key, served_model_name=served_model_name, http_timeout=http_timeout, http_retries=http_retries, http_total_timeout=http_total_timeout, http_max_answer_bytes=http_max_answer_bytes, device=device, focal=focal, n_coords=n_coords)
         corner = [tuple(v + 0.5 for v in b) for b in boxes]  # OpenCV pixel centres -> corner-origin
         answers = P.predict_object(backend, img, K, corner, question=question, ask=ask, kind=kind, settings=settings, max_new_tokens=max_new_tokens)
         doc = {

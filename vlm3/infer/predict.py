@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from vlm3.ask import TRUNCATED, UNPARSED, Answer, ask
+from vlm3.data.images import open_rgb
 from vlm3.data.records import Record, View
 from vlm3.geometry.camera import Intrinsics, backproject, convert_depth
 from vlm3.models.backend import Backend
@@ -60,16 +61,15 @@ Progress = Callable[[int, int], None]  # (done, total) questions
 # --- inputs and conventions ---------------------------------------------------------------------
 
 
-def load_image(image: ImageInput) -> np.ndarray:
-    """An RGB uint8 (H, W, 3) array from a path, PIL image or array."""
+def load_image(image: ImageInput, *, max_pixels: int | None = None) -> np.ndarray:
+    """An RGB uint8 (H, W, 3) array from a path, PIL image or array.
+
+    A path goes through :func:`vlm3.data.images.open_rgb`: an image over ``max_pixels`` (default
+    64 Mpx, ``VLM3_MAX_IMAGE_PIXELS``) is an ``ImageTooLargeError`` naming it, checked before
+    decoding; missing or unreadable files are ``ImageNotFoundError`` / ``UnreadableImageError``
+    (all OSErrors)."""
     if isinstance(image, (str, Path)):
-        try:
-            with Image.open(image) as im:
-                return np.asarray(im.convert("RGB"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"image {image} does not exist") from None
-        except OSError as e:
-            raise OSError(f"cannot read image {image}: {e}") from None
+        return np.asarray(open_rgb(image, max_pixels=max_pixels))
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
     arr = np.asarray(image)

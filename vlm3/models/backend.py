@@ -94,7 +94,10 @@ def validate_messages(messages: Sequence[Message], n_images: int) -> None:
 class Completion:
     """One generated answer with its token counts (``None`` where a backend cannot tell).
 
-    ``finish_reason`` is ``"stop"`` (end-of-turn token) or ``"length"`` (``max_new_tokens`` reached).
+    ``finish_reason`` is ``"stop"`` (end-of-turn token) or ``"length"`` (``max_new_tokens`` reached),
+    or ``"error"`` with ``text=""`` when the request failed for good (an HTTP backend whose request
+    timed out, got no usable answer, or one over its size cap, after its retries): the question then
+    counts as failed, like any answer that does not parse.
     """
 
     text: str
@@ -190,9 +193,11 @@ def _open_http(target: str, batch_size: int | None, device: str, dtype: str | No
 
 
 def _open_vllm(target: str, batch_size: int | None, device: str, dtype: str | None, **options: Any) -> Backend:
-    from vlm3.models.vllm_backend import VLLMBackend
+    from vlm3.models.hf import resolve_source
+    from vlm3.models.vllm_backend import VLLMBackend, import_vllm
 
-    return VLLMBackend(target, **options)
+    import_vllm()  # "pip install vllm" first; then a missing local folder fails at once, not after hub lookups
+    return VLLMBackend(resolve_source(target), **options)
 
 
 def _open_local(target: str, batch_size: int | None, device: str, dtype: str | None, **options: Any) -> Backend:
@@ -205,12 +210,33 @@ def _open_local(target: str, batch_size: int | None, device: str, dtype: str | N
 BACKENDS: dict[str, Callable[..., Backend]] = {"http": _open_http, "vllm": _open_vllm, "local": _open_local}
 
 
-def http_options(spec: str, *, api_key: str | None = None, served_model_name: str | None = None) -> dict[str, str]:
-    """Backend options of the ``--api-key`` / ``--served-model-name`` flags, which only HTTP models take."""
-    given = {k: v for k, v in (("api_key", api_key), ("model", served_model_name)) if v is not None}
+def http_options(
+    spec: str,
+    *,
+    api_key: str | None = None,
+    served_model_name: str | None = None,
+    timeout: float | None = None,
+    total_timeout: float | None = None,
+    max_retries: int | None = None,
+    max_answer_bytes: int | None = None,
+) -> dict[str, Any]:
+    """Backend options of the ``--api-key`` / ``--served-model-name`` / ``--http-*`` flags, which
+    only HTTP models take (None: not given; see :data:`vlm3.models.openai_http.HTTP_FLAGS`)."""
+    from vlm3.models.openai_http import HTTP_FLAGS
+
+    flag = {"api_key": "--api-key", "model": "--served-model-name", **{k: f for k, (f, _) in HTTP_FLAGS.items()}}
+    values = {"api_key": api_key, "model": served_model_name, "timeout": timeout, "total_timeout": total_timeout,
+              "max_retries": max_retries, "max_answer_bytes": max_answer_bytes}
+    given = {k: v for k, v in values.items() if v is not None}
     if given and parse_spec(spec).kind != "http":
-        flags = " and ".join(f for f, v in (("--api-key", api_key), ("--served-model-name", served_model_name)) if v is not None)
+        flags = " and ".join(flag[k] for k in given)
         raise ValueError(f"{flags} apply to http:// models only, not {spec!r}")
+    for key in ("timeout", "total_timeout"):
+        if key in given and not (isinstance(given[key], (int, float)) and 0 < given[key] < float("inf")):
+            raise ValueError(f"{flag[key]} must be a positive number of seconds, got {given[key]!r}")
+    for key, low in (("max_retries", 0), ("max_answer_bytes", 1)):
+        if key in given and (isinstance(given[key], bool) or not isinstance(given[key], int) or given[key] < low):
+            raise ValueError(f"{flag[key]} must be an integer >= {low}, got {given[key]!r}")
     return given
 
 

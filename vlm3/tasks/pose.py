@@ -429,6 +429,22 @@ def _prediction(value: dict[str, Any] | None) -> PosePrediction | None:
     return None if value is None else PosePrediction(np.asarray(value["R"]), np.asarray(value["t"]), value.get("distance"))
 
 
+ROTATION_ATOL = 1e-3  # `vlm3 score pose`: a rotation has |R^T R - I| and |det R - 1| within this
+
+
+def _score_rotation(line: ScoreLine, key: str, value: Any) -> np.ndarray:
+    """``value`` as a 3x3 rotation matrix, or an error naming the line (within :data:`ROTATION_ATOL`)."""
+    R = line.array(key, (3, 3), value)
+    off = float(np.abs(R.T @ R - np.eye(3)).max())
+    det = float(np.linalg.det(R))
+    if off > ROTATION_ATOL or abs(det - 1.0) > ROTATION_ATOL:
+        raise line.error(
+            f'"{key}" is not a rotation matrix (R^T R = I and det R = 1 within {ROTATION_ATOL:g}; '
+            f"here max |R^T R - I| = {off:.3g}, det R = {det:.6g})"
+        )
+    return R
+
+
 class PoseTask(Task):
     """Relative pose of an image pair whose views both have poses.
 
@@ -503,13 +519,16 @@ class PoseTask(Task):
             if distance is not None and (as_float(distance) is None or not is_numeric(distance)):
                 raise line.error(f'"pred.distance" must be a finite number, got {short(distance)}')
             value = {
-                "R": line.array("pred.R", (3, 3), pred["R"]).tolist(),
+                "R": _score_rotation(line, "pred.R", pred["R"]).tolist(),
                 "t": line.array("pred.t", (3,), pred["t"]).tolist(),
                 "distance": None if distance is None else as_float(distance),
             }
         else:
             raise line.error(f'"pred" must be answer text, an object {{"R", "t"}} or null, got {short(pred)}')
-        gt = {"R": line.array("R_gt", (3, 3)).tolist(), "t": line.array("t_gt", (3,)).tolist()}
+        t_gt = line.array("t_gt", (3,))
+        if not np.linalg.norm(t_gt) > 0:
+            raise line.error('"t_gt" is a zero vector: the translation direction is undefined (give a pair whose cameras moved)')
+        gt = {"R": _score_rotation(line, "R_gt", line.get("R_gt")).tolist(), "t": t_gt.tolist()}
         return {"pred": value, "gt": gt, "parsed": value is not None}
 
     def plots(self, folder, lines):

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vlm3.data.images import open_rgb, record_image_path
 from vlm3.data.records import Record
 from vlm3.data.unify import UnifiedRecord, resize_longest_record, resize_record, unify_record
 from vlm3.settings import Settings
@@ -47,18 +48,19 @@ class Sample:
         return {"images": self.images, "messages": self.messages}
 
 
-def load_images(record: Record, root: str | Path) -> list[np.ndarray]:
-    """Decode the record's view images as RGB uint8 arrays (paths relative to ``root``)."""
+def load_images(record: Record, root: str | Path, *, max_pixels: int | None = None) -> list[np.ndarray]:
+    """Decode the record's view images as RGB uint8 arrays (paths relative to ``root``).
+
+    Evaluation, training and demos read records through here. Raises a
+    :class:`vlm3.data.images.ImageError` (an OSError) naming the record: ``ImagePathError`` for a
+    path that is absolute or leaves ``root``, ``ImageNotFoundError``, ``ImageTooLargeError`` (over
+    ``max_pixels``, default :func:`vlm3.data.images.max_image_pixels`), ``UnreadableImageError``.
+    """
     out = []
-    for view in record.views:
-        path = Path(root) / view.image
-        try:
-            with Image.open(path) as im:
-                out.append(np.asarray(im.convert("RGB")))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"record {record.id}: image {path} does not exist") from None
-        except OSError as e:
-            raise OSError(f"record {record.id}: cannot read image {path}: {e}") from None
+    for i, view in enumerate(record.views):
+        where = f"record {record.id}: views[{i}].image"
+        path = record_image_path(root, view.image, where=where)
+        out.append(np.asarray(open_rgb(path, max_pixels=max_pixels, where=f"{path} ({where})")))
     return out
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from vlm3.data.images import check_record_image
 from vlm3.data.io import image_root, read_manifest, read_records
 from vlm3.data.mixture import MixtureSampler, mixture_probs
 from vlm3.data.records import Record
@@ -66,6 +67,7 @@ def load_datasets(entries: list[Any], task: str) -> list[LoadedDataset]:
         except FileNotFoundError as e:
             raise FileNotFoundError(f"data.datasets[{i}].path: {e}") from None
         records = [r for r in read_records(path) if usable_for(r, task)]
+        _check_image_paths(records, f"data.datasets[{i}] ({path})")
         name = entry.name or manifest.get("dataset") or manifest.get("name") or path.name
         if not records:
             raise ValueError(f"data.datasets[{i}] ({path}): no records with {task!r} labels")
@@ -74,6 +76,14 @@ def load_datasets(entries: list[Any], task: str) -> list[LoadedDataset]:
     if len(set(names)) != len(names):
         raise ValueError(f"dataset names must be unique, got {names}; set data.datasets[i].name")
     return out
+
+
+def _check_image_paths(records: list[Record], where: str) -> None:
+    """Refuse, before training starts, a record whose image path is absolute or leaves the dataset
+    root (``vlm3.data.images.check_record_image``: string checks only, no file access)."""
+    for rec in records:
+        for k, view in enumerate(rec.views):
+            check_record_image(view.image, where=f"{where}: record {rec.id}: views[{k}].image")
 
 
 def dataset_probs(datasets: list[LoadedDataset], policy: str) -> dict[str, float]:

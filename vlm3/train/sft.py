@@ -4,7 +4,9 @@ Plain next-token cross-entropy on the answers only (``assistant_only_loss`` for 
 samples, ``completion_only_loss`` for single-turn ones), images first then text, AdamW with a
 cosine schedule. Distributed runs use the stock launchers (``accelerate launch`` / ``torchrun``):
 the Trainer shards the plan across ranks. Re-running the same command resumes from the last
-checkpoint in ``train.output_dir`` with the same data order and schedule.
+checkpoint in ``train.output_dir`` with the same data order and schedule, and with every weight
+of the checkpoint, read through the model's own key conversion (:func:`load_checkpoint_weights`);
+a checkpoint whose weights do not all load is refused (:class:`CheckpointError`).
 """
 
 from __future__ import annotations
@@ -134,6 +136,143 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     return None
 
 
+class CheckpointError(ConfigError):
+    """A checkpoint whose weights cannot all be restored into the model.
+
+    Resuming from it would continue from (partly) untrained weights while the restored step,
+    optimizer and schedule hide it, so training refuses; the message names the checkpoint, how
+    many tensors were not restored and the first few of them.
+    """
+
+
+def checkpoint_weight_files(checkpoint: str | Path) -> list[Path]:
+    """The full-model weight files of a Trainer checkpoint: ``model.safetensors``, its shards, or the
+    ``pytorch_model.bin`` equivalents; empty for checkpoints without them (LoRA adapters, FSDP)."""
+    folder = Path(checkpoint)
+    for single, index in (("model.safetensors", "model.safetensors.index.json"), ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if (folder / single).is_file():
+            return [folder / single]
+        if (folder / index).is_file():
+            shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
+            return [folder / name for name in shards]
+    return []
+
+
+def load_checkpoint_weights(model, checkpoint: str | Path) -> int:
+    """Copy a checkpoint's weights into ``model`` in place, reading keys the way ``from_pretrained`` does.
+
+    ``save_pretrained`` stores some families under their original hub key names (transformers 5
+    reverts its key conversion on save: a Qwen2.5-VL's ``model.language_model.layers.0...`` is
+    written as ``model.layers.0...`` and ``model.visual...`` as ``visual...``), so a plain
+    ``load_state_dict`` of a checkpoint matches none of them. Here every checkpoint key goes through
+    the model's own conversion mapping (``get_model_conversion_mapping``: the renamings and
+    converters ``from_pretrained`` applies) and the result is copied into the existing tensors, so
+    tied weights, ``requires_grad`` (a frozen vision tower) and devices are kept.
+
+    Returns the number of model tensors restored. Raises :class:`CheckpointError` unless every
+    tensor of ``model.state_dict()`` was restored with its shape (tied aliases count as restored
+    with their source).
+    """
+    import contextlib
+    from copy import deepcopy
+    from functools import partial
+
+    import torch
+    from safetensors import safe_open
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, dot_natural_key, rename_source_key
+
+    files = checkpoint_weight_files(checkpoint)
+    if not files:
+        raise CheckpointError(f"cannot resume from {checkpoint}: it holds no model weights (model.safetensors)")
+    target = model.state_dict()  # detached views of the parameters and buffers: copy_ updates the model
+    mapping = get_model_conversion_mapping(model)
+    renamings = [t for t in mapping if isinstance(t, WeightRenaming)]
+    converters = [t for t in mapping if isinstance(t, WeightConverter)]
+    by_pattern = {pattern: c for c in converters for pattern in c.source_patterns}
+
+    def alias(t) -> tuple:  # tied weights share one tensor: restoring one restores all its names
+        return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+
+    restored: set[tuple] = set()
+    unexpected: list[str] = []
+    mismatched: list[str] = []
+    with contextlib.ExitStack() as stack:
+        loaders: dict[str, Callable[[], Any]] = {}  # checkpoint key -> reads the tensor (one at a time)
+        for f in files:
+            if f.suffix == ".safetensors":
+                handle = stack.enter_context(safe_open(str(f), framework="pt", device="cpu"))
+                loaders.update({k: partial(handle.get_tensor, k) for k in handle.keys()})
+            else:
+                state = torch.load(f, map_location="cpu", weights_only=True)
+                loaders.update({k: partial(lambda v: v, v) for k, v in state.items()})
+        groups: dict[str, Any] = {}  # model key -> the transform that produces it (as in from_pretrained)
+        for key in sorted(loaders, key=dot_natural_key):
+            name, pattern = rename_source_key(key, renamings, converters, model.base_model_prefix, target)
+            if name not in target and key in target:
+                name, pattern = key, None
+            if name not in target:
+                unexpected.append(key)
+                continue
+            if pattern is None:
+                group, pattern = groups.setdefault(name, WeightRenaming(key, name)), key
+            else:
+                group = groups.setdefault(name, deepcopy(by_pattern[pattern]))
+            group.add_tensor(name, key, pattern, loaders[key])
+        with torch.no_grad():
+            for first, group in groups.items():
+                for name, value in group.convert(first, model=model, config=model.config).items():
+                    value = value[0] if isinstance(value, list) else value
+                    dest = target.get(name)
+                    if dest is None:
+                        unexpected.append(name)
+                    elif tuple(value.shape) != tuple(dest.shape):
+                        mismatched.append(f"{name} {tuple(value.shape)} != {tuple(dest.shape)}")
+                    else:
+                        dest.copy_(value)
+                        restored.add(alias(dest))
+    missing = [name for name, t in target.items() if alias(t) not in restored]
+    if missing or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of {len(target)} model tensors were not restored (first: {', '.join(missing[:5])})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} have another shape in the checkpoint ({', '.join(mismatched[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} checkpoint tensors match no model tensor (first: {', '.join(unexpected[:5])})")
+        raise CheckpointError(
+            f"cannot resume from {checkpoint}: " + "; ".join(parts) + ". Training on would start from weights the "
+            "checkpoint does not hold: remove that checkpoint folder (the run then resumes from an earlier one) or "
+            "set another train.output_dir"
+        )
+    return len(target) - len(missing)
+
+
+class RestoreWeightsOnResume:
+    """Trainer mixin: resuming restores every weight of the checkpoint, or refuses.
+
+    The Trainer's own loader (``_load_from_checkpoint``) calls ``model.load_state_dict(strict=False)``
+    on the checkpoint's raw keys and only logs what is missing, so a checkpoint whose keys the model
+    does not use verbatim (Qwen2.5-VL under transformers 5) restores step, optimizer and schedule
+    but no weight. Full-weight checkpoints go through :func:`load_checkpoint_weights` instead;
+    LoRA adapters, FSDP and DeepSpeed checkpoints keep their own loaders (their files hold the
+    model's own keys).
+    """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from transformers.trainer_utils import _is_peft_model
+
+        target = self.model if model is None else model
+        if (
+            self.is_fsdp_enabled
+            or self.is_deepspeed_enabled
+            or _is_peft_model(target)
+            or not checkpoint_weight_files(resume_from_checkpoint)
+        ):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_checkpoint_weights(target, resume_from_checkpoint)
+
+
 def train(
     cfg: Config,
     *,
@@ -242,8 +381,9 @@ def train(
     collator = None
     if multi_turn and is_chatml(processor):
         collator = ChatMLCollator(processor)  # same labels as TRL's, without its per-token Python loop
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=processor, peft_config=peft_config,
-                         callbacks=callbacks, data_collator=collator)
+    trainer_class = type("VLM3SFTTrainer", (RestoreWeightsOnResume, SFTTrainer), {})
+    trainer = trainer_class(model=model, args=args, train_dataset=train_ds, processing_class=processor, peft_config=peft_config,
+                            callbacks=callbacks, data_collator=collator)
     if t.max_length is not None:
         trainer.data_collator = LengthGuard(trainer.data_collator, t.max_length)
 

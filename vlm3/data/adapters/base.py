@@ -21,6 +21,8 @@ from vlm3.data.records import Record
 REASONS: dict[str, str] = {
     "missing_file": "a file the input names or needs does not exist (image, depth, pose, calibration, ...)",
     "unreadable_file": "a file cannot be read or decoded, or has the wrong format (e.g. depth not uint16)",
+    "image_too_large": "an image has more pixels than the cap (vlm3.data.images: 64 Mpx, VLM3_MAX_IMAGE_PIXELS); checked before decoding",
+    "image_outside_root": "a record's image path is absolute or leaves the dataset root ('..')",
     "size_mismatch": "an image or depth map has another size than its calibration or its partner",
     "bad_calibration": "intrinsics or distortion are invalid, unsupported or missing for this camera",
     "bad_pose": "a camera pose (or homography) is not a finite rigid transform, or is missing for this frame",

@@ -10,18 +10,22 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
-
+from vlm3.data.images import ImageError, ImageTooLargeError
+from vlm3.data.images import image_size as header_size
 from vlm3.data.scenes import FrameError
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image from its header; FrameError when missing or unreadable."""
+    """(width, height) of an image from its header; FrameError when missing, unreadable or over
+    the pixel cap (``image_too_large``, :func:`vlm3.data.images.image_size`)."""
     if not path.is_file():
         raise FrameError("missing_file", f"{path} does not exist")
     try:
-        with Image.open(path) as im:
-            return im.size
+        return header_size(path)
+    except ImageTooLargeError as e:
+        raise FrameError("image_too_large", str(e)) from None
+    except ImageError as e:
+        raise FrameError("unreadable_file", str(e)) from None
     except Exception as e:  # PIL raises several types for corrupt files
         raise FrameError("unreadable_file", f"{path}: {e}") from None
 

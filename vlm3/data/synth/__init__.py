@@ -14,7 +14,7 @@ dense correspondences), ``generate`` (scenes to records and datasets).
 """
 
 from vlm3.data.synth.generate import Scene, generate, labels_for, normalize_tasks, render_scene, scene_to_record
-from vlm3.data.synth.scene import FAMILIES, SURFACE_NAMES, SceneFamily, family_from_params, family_names, get_family, parse_override
+from vlm3.data.synth.scene import FAMILIES, SURFACE_NAMES, SceneFamily, family_from_params, family_names, get_family, parse_override, parse_size
 
 __all__ = [
     "FAMILIES",
@@ -28,6 +28,7 @@ __all__ = [
     "labels_for",
     "normalize_tasks",
     "parse_override",
+    "parse_size",
     "render_scene",
     "scene_to_record",
 ]

@@ -16,6 +16,7 @@ An object's box frame (``R_world_from_box``): x = horizontal (width), y = down a
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -338,6 +339,30 @@ def parse_override(family: SceneFamily, text: str) -> tuple[str, Any]:
     except ValueError:
         raise ValueError(f"cannot parse {key}={raw!r} as {type(default).__name__}") from None
     return key, value
+
+
+MIN_SIDE = 8  # pixels: the smallest image side scenes are rendered at
+
+
+def parse_size(text: str, name: str = "--size") -> dict[str, tuple]:
+    """Family overrides from an image size: ``"WxH"`` (one fixed size: ``width`` and ``aspect``)
+    or ``"W1-W2"`` (a range of widths, the family's aspect). ValueError naming ``name`` and the
+    text for anything else: not two whole numbers, a side under 8 px, a range low > high."""
+    compact = str(text).lower().replace(" ", "")
+    usage = f"{name} {text!r}: use WxH (e.g. 112x112) or a width range W1-W2 (e.g. 56-224), in whole pixels"
+    fixed = re.fullmatch(r"([+-]?\d+)x([+-]?\d+)", compact)
+    span = re.fullmatch(r"([+-]?\d+)-([+-]?\d+)", compact)
+    if fixed is None and span is None:
+        raise ValueError(usage)
+    a, b = (int(v) for v in (fixed or span).groups())  # type: ignore[union-attr]
+    sides = "width and height" if fixed else "widths"
+    if min(a, b) < MIN_SIDE:
+        raise ValueError(f"{name} {text!r}: {sides} must be at least {MIN_SIDE} px")
+    if fixed:
+        return {"width": (a, a), "aspect": (a / b, a / b)}
+    if a > b:
+        raise ValueError(f"{name} {text!r}: the width range W1-W2 needs W1 <= W2")
+    return {"width": (a, b)}
 
 
 # --- layout -------------------------------------------------------------------------------------
