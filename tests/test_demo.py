@@ -11,13 +11,22 @@ from vlm3.cli import app
 
 
 @pytest.mark.slow
-def test_quick_demo_writes_report(tmp_path) -> None:
+def test_quick_demo_writes_report(tmp_path, monkeypatch) -> None:
+    import os
+
+    import torch
+
     out = tmp_path / "demo"
+    monkeypatch.delenv("VLM3_DEMO_NUMERICS", raising=False)
+    threads, cbwr = torch.get_num_threads(), os.environ.get("MKL_CBWR")
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
     assert result.exit_code == 0, result.output
+    # The demo pins two threads while it runs and gives the caller its own setting back.
+    assert torch.get_num_threads() == threads and os.environ.get("MKL_CBWR") == cbwr
     for name in ("report.md", "report.html", "results.json", "learning_curves.png", "dense_depth.png", "point_cloud_gt.ply", "point_cloud_pred.ply"):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
+    assert results["numerics"]["pinned"] and results["numerics"]["threads"] == 2
     assert set(results["arms"]) >= {"a", "b"}
     for key in ("a", "b"):
         arm = results["arms"][key]

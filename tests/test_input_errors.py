@@ -161,6 +161,7 @@ def test_hub_id_rule(spec, hub, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
+    monkeypatch.setattr("socket.getaddrinfo", lambda *a, **k: [])  # the hub resolves
     assert looks_like_hub_id(spec) is hub
     if hub:
         assert resolve_source(spec) == spec
@@ -234,3 +235,19 @@ def test_score_pose_accepts_rotations_rounded_to_four_decimals(tmp_path):
     result = runner.invoke(app, ["score", "pose", str(path), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["n"] == 1
+
+
+def test_an_unreachable_hub_id_is_named_at_once(monkeypatch):
+    """Not local, not cached, and the hub's host does not resolve: an error now, not after retries."""
+    import socket
+
+    from vlm3.models.hf import resolve_source
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr("socket.getaddrinfo", no_dns)
+    with pytest.raises(FileNotFoundError, match="not in the Hugging Face cache, and the hub .* cannot be reached"):
+        resolve_source("nobody/nothing-here")
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda repo, name: "/cache/config.json")
+    assert resolve_source("nobody/nothing-here") == "nobody/nothing-here"  # a cached copy needs no network

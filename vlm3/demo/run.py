@@ -20,6 +20,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,23 +174,39 @@ DEMO_THREADS = 2
 AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
-def pin_numerics() -> dict[str, Any]:
-    """Fix the demo's numerics: :data:`DEMO_THREADS` torch threads and AVX2 kernels (set before
-    torch's first kernel call). ``VLM3_DEMO_NUMERICS=native`` keeps the machine's own. Returns
-    what is in force, for ``results.json``."""
+@contextmanager
+def pinned_numerics() -> Iterator[dict[str, Any]]:
+    """Fix the demo's numerics while it runs: :data:`DEMO_THREADS` torch threads and AVX2 kernels
+    (set before torch's first kernel call). ``VLM3_DEMO_NUMERICS=native`` keeps the machine's own.
+    Yields what is in force, for ``results.json``; the caller's thread count and environment are
+    restored afterwards."""
     native = os.environ.get("VLM3_DEMO_NUMERICS") == "native"
+    saved = {k: os.environ.get(k) for k in (*AVX2_KERNELS, "OMP_NUM_THREADS")}
     if not native:
         os.environ.update({**AVX2_KERNELS, "OMP_NUM_THREADS": str(DEMO_THREADS)})
     import torch
 
+    threads = torch.get_num_threads()
     if not native:
         torch.set_num_threads(DEMO_THREADS)
-    return {"pinned": not native, "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    try:
+        yield {"pinned": not native, "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    finally:
+        torch.set_num_threads(threads)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run every stage and write the report; returns the results dictionary (also results.json)."""
-    numerics = pin_numerics()
+    with pinned_numerics() as numerics:
+        return _run_demo(cfg, numerics)
+
+
+def _run_demo(cfg: DemoConfig, numerics: dict[str, Any]) -> dict[str, Any]:
     from vlm3.demo.report import dense_depth_figure, write_report
     from vlm3.eval.heldout import make_eval_fn
     from vlm3.models.local import LocalBackend

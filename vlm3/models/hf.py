@@ -155,7 +155,28 @@ def resolve_source(name_or_path: str | os.PathLike) -> str:
             else "a Hugging Face Hub id has the form owner/name"
         )
         raise FileNotFoundError(f"model folder {name!r} does not exist (no such model folder {str(path.absolute())!r}; {why})")
+    _check_hub_reachable(name)
     return name  # a hub id
+
+
+def _check_hub_reachable(repo_id: str) -> None:
+    """A hub id that is neither in the local Hugging Face cache nor reachable (its endpoint's host
+    does not resolve) is an immediate named error, instead of the hub client's retries (~30 s)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return  # offline mode (the library reports a miss) or a cached copy
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as e:
+        raise FileNotFoundError(
+            f"{repo_id!r} is not a local folder and not in the Hugging Face cache, and the hub ({host}) cannot be reached "
+            f"to download it ({e.strerror or e}); give a checkpoint folder"
+        ) from None
 
 
 _resolve = resolve_source  # the former private name
