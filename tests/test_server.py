@@ -344,7 +344,10 @@ def test_queue_full_is_503_with_retry_after_and_memory_stays_bounded(guarded):
     assert admission.count == 0
     bound = request_memory_bound(G_QUEUE, G_MAX_BYTES, G_MAX_PIXELS, G_THREADS)
     assert bound == G_QUEUE * 4 * G_MAX_PIXELS + G_THREADS * (4 * G_MAX_BYTES + 8 * G_MAX_PIXELS)
-    assert grown <= bound, f"RSS grew {grown / 1e6:.0f} MB with {G_QUEUE} requests queued; bound {bound / 1e6:.0f} MB"
+    # The client (50 threads, their connections and bodies) lives in this process too: RSS also
+    # holds its share, which the server's bound does not cover; 64 MB is allowed for it.
+    client_share = 64 * 2**20
+    assert grown <= bound + client_share, f"RSS grew {grown / 1e6:.0f} MB with {G_QUEUE} requests queued; bound {bound / 1e6:.0f} MB + 64 MiB client"
 
 
 def test_limits_are_400_naming_the_limit(guarded):
