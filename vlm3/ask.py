@@ -114,23 +114,21 @@ def ask(
     asking = task_profile(sample.settings.profile, task)
     if require is None:
         require = asking.require
-    shared = [(i, part) for i, q in enumerate(pending) if q.images is None for part in (q.parts or [q.question])]
-    own = [i for i, q in enumerate(pending) if q.images is not None]
+    asked = [(i, part) for i, q in enumerate(pending) for part in (q.parts or [q.question])]
+    shared = [(i, part) for i, part in asked if pending[i].images is None]
+    own = [(i, part) for i, part in asked if pending[i].images is not None]
     got: list[list[Completion | str]] = [[] for _ in pending]
-    if shared:
-        completions = backend.query_many(sample.images, [part for _, part in shared], limit, asking.system)
-        if len(completions) != len(shared):
-            raise AskError(f"the backend gave {len(completions)} answers for {len(shared)} questions (record {sample.record_id})")
-        for (i, _), c in zip(shared, completions):
+    for group, call in (
+        (shared, lambda: backend.query_many(sample.images, [part for _, part in shared], limit, asking.system)),
+        (own, lambda: backend.complete([single_turn(pending[i].images, part, asking.system) for i, part in own], limit)),
+    ):
+        if not group:
+            continue
+        completions = call()
+        if len(completions) != len(group):
+            raise AskError(f"the backend gave {len(completions)} answers for {len(group)} questions (record {sample.record_id})")
+        for (i, _), c in zip(group, completions):
             got[i].append(c)
-    if own:
-        requests = [single_turn(pending[i].images, part, asking.system) for i in own for part in (pending[i].parts or [pending[i].question])]
-        completions = backend.complete(requests, limit)
-        if len(completions) != len(requests):
-            raise AskError(f"the backend gave {len(completions)} answers for {len(requests)} questions (record {sample.record_id})")
-        it = iter(completions)
-        for i in own:
-            got[i] += [next(it) for _ in pending[i].parts or [pending[i].question]]
     out = []
     for q, parts in zip(pending, got):
         texts, cut, failed = [], False, False

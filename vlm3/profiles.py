@@ -73,6 +73,10 @@ class TaskProfile:
 # The zero-shot profile's system prompt: general VLMs answer at length unless told the format.
 ZERO_SHOT_SYSTEM = "You are a careful 3D vision assistant. Answer exactly in the format the question asks for, with no other text."
 
+# What the zero-shot profile shows a general VLM: its native image, text coordinates in [0, 1000)
+# (the range such models are commonly trained with) of pixel centres.
+ZERO_SHOT_SETTINGS: dict[str, Any] = {"unify": False, "resize_to": None, "longest_side": None, "n_coords": 1000, "pixel_convention": "center"}
+
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (

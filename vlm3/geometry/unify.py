@@ -174,16 +174,8 @@ def longest_side_intrinsics(K: Intrinsics, side: int) -> Intrinsics:
 
 def resize_longest(image: ImageLike, K: Intrinsics, side: int, *, antialias: bool = True) -> UnifiedImage:
     """Resample ``image`` with one scale so that its longer side has ``side`` pixels (labels move exactly)."""
-    is_pil = isinstance(image, Image.Image)
-    arr = np.asarray(image)
-    h, w = arr.shape[:2]
-    if (w, h) != (K.width, K.height):
-        raise ValueError(f"image is {w}x{h} but intrinsics describe {K.width}x{K.height}")
-    transform = FocalTransform(K, longest_side_intrinsics(K, side), None)
-    out = _resample(arr, transform, antialias=antialias, interpolation="linear")
-    if is_pil:
-        out = Image.fromarray(out)
-    return UnifiedImage(out, transform.dst, transform)
+    _check_image(image, K)
+    return _rescale(image, K, longest_side_intrinsics(K, side), antialias)
 
 
 def resize_exact(image: ImageLike, K: Intrinsics, width: int, height: int, *, antialias: bool = True) -> UnifiedImage:
@@ -192,19 +184,23 @@ def resize_exact(image: ImageLike, K: Intrinsics, width: int, height: int, *, an
     The "no unification" arm of the recipe's ablation: every image gets the same pixel size
     whatever its focal length. Labels still move exactly (u' = u * width / W).
     """
-    is_pil = isinstance(image, Image.Image)
-    arr = np.asarray(image)
-    h, w = arr.shape[:2]
-    if (w, h) != (K.width, K.height):
-        raise ValueError(f"image is {w}x{h} but intrinsics describe {K.width}x{K.height}")
+    _check_image(image, K)
     if width < 1 or height < 1:
         raise ValueError(f"target size must be positive, got {width}x{height}")
-    dst = K.scaled(width / K.width, height / K.height, width=width, height=height)
+    return _rescale(image, K, K.scaled(width / K.width, height / K.height, width=width, height=height), antialias)
+
+
+def _check_image(image: ImageLike, K: Intrinsics) -> None:
+    h, w = np.asarray(image).shape[:2] if not isinstance(image, Image.Image) else (image.height, image.width)
+    if (w, h) != (K.width, K.height):
+        raise ValueError(f"image is {w}x{h} but intrinsics describe {K.width}x{K.height}")
+
+
+def _rescale(image: ImageLike, K: Intrinsics, dst: Intrinsics, antialias: bool) -> UnifiedImage:
+    """Resample ``image`` (intrinsics ``K``) to the pinhole view ``dst`` (an axis-aligned scale)."""
     transform = FocalTransform(K, dst, None)
-    out = _resample(arr, transform, antialias=antialias, interpolation="linear")
-    if is_pil:
-        out = Image.fromarray(out)
-    return UnifiedImage(out, dst, transform)
+    out = _resample(np.asarray(image), transform, antialias=antialias, interpolation="linear")
+    return UnifiedImage(Image.fromarray(out) if isinstance(image, Image.Image) else out, dst, transform)
 
 
 def warp_depth(depth: np.ndarray, transform: FocalTransform) -> np.ndarray:

@@ -330,8 +330,8 @@ def predict_pose(
     *,
     max_new_tokens: int | None = None,
 ) -> PoseResult:
-    """Relative pose of two images (``K2`` defaults to ``K1``): the paper's three packed questions
-    (distance, direction, rotation) in one turn."""
+    """Relative pose of two images (``K2`` defaults to ``K1``), asked in the wording of
+    ``settings.profile`` (vlm3's: three packed questions, distance, direction and rotation, in one turn)."""
     from vlm3.geometry.pose import camera2_center_in_cam1, make_T, rotation_to_ypr
 
     sample = _sample(POSE, [load_image(image1), load_image(image2)], [K1, K2 or K1], settings or Settings())

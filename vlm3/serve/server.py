@@ -174,6 +174,11 @@ class APIError(Exception):
         self.status, self.message, self.kind, self.code = status, message, kind, code
         self.param, self.headers = param, headers
 
+    def response(self) -> JSONResponse:
+        """The error as the OpenAI API answers one: ``{"error": {message, type, param, code}}``."""
+        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
 
 class ImageTooLarge(APIError):
     """An image with more pixels than the cap it was decoded under; ``size`` = (width, height)."""
@@ -552,18 +557,18 @@ def create_app(
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return _error(exc.status, exc.message, exc.kind, exc.code, exc.param, exc.headers)
+        return exc.response()
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error answering %s", request.url.path, exc_info=exc)
-        return _error(500, f"internal server error: {type(exc).__name__}", "server_error", "internal_error")
+        return APIError(500, f"internal server error: {type(exc).__name__}", "server_error", "internal_error").response()
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):
         # Every route needs the key when one is configured.
         if api_key is not None and not _key_ok(request.headers.get("authorization"), api_key):
-            return _error(401, "missing or invalid API key: send 'Authorization: Bearer <key>'", "authentication_error", "invalid_api_key")
+            return APIError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'", "authentication_error", "invalid_api_key").response()
         return await call_next(request)
 
     @app.get("/v1/models")
@@ -606,17 +611,6 @@ def create_app(
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def _error(
-    status: int,
-    message: str,
-    kind: str = "invalid_request_error",
-    code: str | None = None,
-    param: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status, headers=headers)
 
 
 def _generation_error(exc: Exception, batcher: Batcher) -> APIError:

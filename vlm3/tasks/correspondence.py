@@ -27,7 +27,7 @@ import numpy as np
 
 from vlm3 import plotting
 from vlm3.settings import DEFAULT_N_COORDS
-from vlm3.profiles import ZERO_SHOT_SYSTEM, TaskProfile
+from vlm3.profiles import ZERO_SHOT_SETTINGS, ZERO_SHOT_SYSTEM, TaskProfile
 from vlm3.tasks.base import Query, ScoreLine, Task, register
 from vlm3.tasks.common import assistant_turn, encode_view_pixels, extract_answer, mean_or_nan, original_pixel, share, user_turn
 from vlm3.tasks.samples import choose
@@ -222,7 +222,7 @@ class CorrespondenceTask(Task):
             max_new_tokens=2048,
             require="</think>",
         ),
-        "zero-shot": TaskProfile({"unify": False, "resize_to": None, "longest_side": None, "n_coords": 1000, "pixel_convention": "center"}, max_new_tokens=256, system=ZERO_SHOT_SYSTEM),
+        "zero-shot": TaskProfile(ZERO_SHOT_SETTINGS, max_new_tokens=256, system=ZERO_SHOT_SYSTEM),
     }
     aliases = ("corr",)
     description = "the pixel of image 2 matching a pixel of image 1, as text coordinates"

@@ -26,7 +26,7 @@ from PIL import Image
 
 from vlm3 import plotting
 from vlm3.geometry.camera import convert_depth
-from vlm3.profiles import ZERO_SHOT_SYSTEM, TaskProfile
+from vlm3.profiles import ZERO_SHOT_SETTINGS, ZERO_SHOT_SYSTEM, TaskProfile
 from vlm3.settings import DEFAULT_FOCAL_PX, DEFAULT_N_COORDS, Settings
 from vlm3.tasks.base import Query, ScoreLine, Task, is_numeric, register, short
 from vlm3.tasks.common import (
@@ -313,7 +313,7 @@ class DepthTask(Task):
         # DepthLM_Official eval.py / utils/datasets.py: one scale 750 / fx for both axes, sizes
         # truncated, the red arrow drawn at int(i * s), DepthLM's prompt, up to 4096 new tokens.
         "depthlm": TaskProfile({"unify": True, "focal": 750.0, "focal_axes": "x", "size_multiple": None, "pixel_convention": "index"}, max_new_tokens=4096),
-        "zero-shot": TaskProfile({"unify": False, "resize_to": None, "longest_side": None, "n_coords": 1000, "pixel_convention": "center"}, max_new_tokens=256, system=ZERO_SHOT_SYSTEM),
+        "zero-shot": TaskProfile(ZERO_SHOT_SETTINGS, max_new_tokens=256, system=ZERO_SHOT_SYSTEM),
     }
 
     def has_labels(self, record) -> bool:

@@ -30,7 +30,7 @@ import numpy as np
 
 from vlm3 import plotting
 from vlm3.geometry.pose import is_rotation
-from vlm3.profiles import ZERO_SHOT_SYSTEM, TaskProfile
+from vlm3.profiles import ZERO_SHOT_SETTINGS, ZERO_SHOT_SYSTEM, TaskProfile
 from vlm3.settings import DEFAULT_FOCAL_PX
 from vlm3.tasks.base import Query, ScoreLine, Task, register, short
 from vlm3.tasks.common import (
@@ -568,7 +568,7 @@ class ObjectTask(Task):
              "n_coords": 1000},
             max_new_tokens=512,
         ),
-        "zero-shot": TaskProfile({"unify": False, "resize_to": None, "longest_side": None, "n_coords": 1000}, max_new_tokens=256, system=ZERO_SHOT_SYSTEM),
+        "zero-shot": TaskProfile(ZERO_SHOT_SETTINGS, max_new_tokens=256, system=ZERO_SHOT_SYSTEM),
     }
     description = "SpatialRGPT-style questions about objects named by 2D boxes: relations, distances, sizes"
     label_prefix = "q"

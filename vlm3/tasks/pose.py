@@ -51,7 +51,7 @@ from vlm3.tasks.common import (
     share,
     user_turn,
 )
-from vlm3.profiles import ZERO_SHOT_SYSTEM, TaskProfile
+from vlm3.profiles import ZERO_SHOT_SETTINGS, ZERO_SHOT_SYSTEM, TaskProfile
 from vlm3.tasks.base import Query, ScoreLine, Task, is_numeric, register, short
 
 DISTANCE_QUESTION = "How far did the camera move between the first and the second image? Answer in meters."
@@ -457,7 +457,7 @@ class PoseTask(Task):
         # inference.ipynb: both images at f = 750 px (fx and fy), four questions asked one at a
         # time (rotation angle, yaw/pitch/roll, direction, distance), 512 new tokens each.
         "vlm3-release": TaskProfile({"unify": True, "focal": 750.0, "focal_axes": "xy", "size_multiple": None}, max_new_tokens=512),
-        "zero-shot": TaskProfile({"unify": False, "resize_to": None, "longest_side": None}, max_new_tokens=512, system=ZERO_SHOT_SYSTEM),
+        "zero-shot": TaskProfile(ZERO_SHOT_SETTINGS, max_new_tokens=512, system=ZERO_SHOT_SYSTEM),
     }
     description = "relative camera pose of an image pair: distance, direction, yaw/pitch/roll"
     n_images = 2
