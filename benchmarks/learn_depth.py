@@ -1,6 +1,6 @@
 """What a tiny VLM learns on CPU in minutes, with and without focal unification, beside lookups.
 
-Trains a ~2M-parameter Qwen2.5-VL from scratch with ``configs/tiny-cpu.yaml`` on synthetic depth
+Trains a ~2M-parameter Qwen2.5-VL from scratch with ``vlm3/configs/tiny-cpu.yaml`` on synthetic depth
 and prints held-out δ1 (unseen scenes) over training wall-clock for
 
 - the recipe: focal-length unification (F = 140 px, images 56-224 px, patch-multiple sizes);
@@ -55,7 +55,7 @@ def run_family(family: str, args: argparse.Namespace, model_dir: Path, out: Path
     for arm, overrides in arms.items():
         tag = "recipe" if arm.startswith("recipe") else "no_unify"
         configs[arm] = load_config(
-            ROOT / "configs" / "tiny-cpu.yaml",
+            ROOT / "vlm3" / "configs" / "tiny-cpu.yaml",
             [
                 f"model.name_or_path={model_dir}",
                 f'data.datasets=[{{"path": "{train_dir}"}}]',

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from vlm3.paths import data_dir
+
+SHARED_DATA = data_dir()  # $VLM3_DATA, else the checkout's ../shared/data (vlm3.paths)
 IBIMS = SHARED_DATA / "ibims1"
 
 

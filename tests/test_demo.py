@@ -42,5 +42,5 @@ def test_quick_demo_writes_report(tmp_path, monkeypatch) -> None:
 def test_demo_bad_model_is_a_named_error(tmp_path) -> None:
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path / "d"), "--model", str(tmp_path / "no-such-model")])
     assert result.exit_code == 2
-    assert "no-such-model" in result.output and "does not exist" in result.output
+    assert "no-such-model" in result.output and "no model folder at" in result.output
     assert "Traceback" not in result.output

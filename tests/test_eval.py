@@ -43,7 +43,7 @@ def cache(tmp_path_factory) -> Path:
 
 
 def synth_bench(task: str, folder: Path, **changes) -> object:
-    """A copy of configs/bench/synth-<task>.yaml with its sample list kept in ``folder``."""
+    """A copy of vlm3/configs/bench/synth-<task>.yaml with its sample list kept in ``folder``."""
     raw = yaml.safe_load((bench_dir() / f"synth-{task}.yaml").read_text())
     raw["data"]["synth"]["scenes"] = 6
     raw.update(changes)
@@ -153,7 +153,7 @@ def test_ibims_local_and_http_give_identical_predictions(model_dir, served, cach
     assert ma["metrics"]["n"] == 16 and ma["metrics"]["failed"] <= 16
     # iBims-1 stores z-depth; the prompt asks range, so ground truth is converted per pixel.
     line = next(iter(read_predictions(tmp_path / "local" / "predictions.jsonl").values()))
-    assert ma["settings"]["depth_type"] == "range" and ma["bench"]["samples"].endswith("configs/bench/ibims1.samples.json")
+    assert ma["settings"]["depth_type"] == "range" and ma["bench"]["samples"].endswith("vlm3/configs/bench/ibims1.samples.json")
     assert ma["model"]["processor"]["max_pixels"] > 0 and mb["model"]["processor"] is None
     assert line["gt"] > 0 and len(line["pixel"]) == 2
 
@@ -176,7 +176,7 @@ def test_batch_size_one_equals_eight(backend, cache, tmp_path):
     r1 = run_eval(backend, bench, tmp_path / "b1", batch_size=1, **kw)
     r8 = run_eval(backend, bench, tmp_path / "b8", batch_size=8, **kw)
     assert preds(tmp_path / "b1") == preds(tmp_path / "b8")
-    assert r1.metrics["metrics"] == r8.metrics["metrics"] and r1.metrics["metrics"]["n"] + r1.metrics["metrics"]["skipped"] == 12
+    assert r1.metrics["metrics"] == r8.metrics["metrics"] and r1.metrics["metrics"]["n"] == r1.metrics["metrics"]["asked"] == 12
 
 
 def test_interrupted_eval_resumes_without_recomputing(backend, cache, tmp_path):
@@ -195,7 +195,7 @@ def test_interrupted_eval_resumes_without_recomputing(backend, cache, tmp_path):
 
     second = Counting(backend)
     result = run_eval(second, bench, out, **kw)
-    remaining = [k for k, line in read_predictions(tmp_path / "clean" / "predictions.jsonl").items() if k not in done and "skipped" not in line]
+    remaining = [k for k, line in read_predictions(tmp_path / "clean" / "predictions.jsonl").items() if k not in done and "not_asked" not in line]
     assert second.calls == 2 and result.n_cached == len(done) and second.questions == len(remaining)
     assert preds(out) == preds(tmp_path / "clean")
     assert result.metrics["metrics"] == clean.metrics["metrics"]
@@ -281,7 +281,7 @@ def test_synthetic_bench_runs_for_each_task(task, backend, cache, tmp_path):
     out = tmp_path / "tiny"
     result = run_eval(backend, bench, out, limit=2, limit_points=3, max_new_tokens=4, cache_dir=cache, progress=False)
     m = result.metrics["metrics"]
-    assert m["n"] + m["skipped"] == result.n_queries and 0 <= m["failed"] <= m["n"] and m["parsed"] <= m["n"]
+    assert m["n"] == m["labels"] == m["asked"] + m["not_asked"] == result.n_queries and 0 <= m["failed"] <= m["n"] and m["parsed"] <= m["n"]
     assert (out / "report.md").is_file() and any((out / "plots").glob("example_*.png"))
 
     # The bench's own answers, parsed back, must score (near) perfectly: labels, coordinates and
@@ -304,7 +304,7 @@ def test_malformed_answers_are_failures_not_crashes(cache, tmp_path):
     answers = ["", "<answer>", "1e999 m", "-3", "0", "(812, 430)", "about 2.5 meters", "\x00\ufffd", "1,234.5"]
     result = run_eval(Scripted(answers), bench, tmp_path / "o", limit=3, limit_points=3, cache_dir=cache, progress=False, profile="vlm3")
     m = result.metrics["metrics"]
-    assert m["n"] + m["skipped"] == 9 and m["failed"] >= 6 and m["parsed"] >= 2
+    assert m["n"] == m["labels"] == 9 and m["failed"] >= 6 and m["parsed"] >= 2
     report = (tmp_path / "o" / "report.md").read_text()
     assert "Unparsed answers" in report
 
@@ -318,7 +318,7 @@ def test_metrics_json_has_the_documented_keys(backend, cache, tmp_path):
     run_eval(backend, bench, tmp_path / "o", limit=1, limit_points=2, max_new_tokens=3, cache_dir=cache, progress=False)
     doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert {"task", "metrics", "model", "bench", "settings", "settings_source", "prompt_template_hash", "questions_hash", "max_new_tokens", "versions", "run"} <= set(doc)
-    assert {"n", "parsed", "failed", "delta1", "abs_rel", "skipped"} <= set(doc["metrics"])
+    assert {"n", "parsed", "failed", "delta1", "abs_rel", "labels", "asked", "not_asked", "not_asked_reasons"} <= set(doc["metrics"])
     assert {"spec", "backend", "processor", "settings_from"} <= set(doc["model"])
     assert {"min_pixels", "max_pixels", "patch_multiple", "images_resized", "effective_fx"} <= set(doc["model"]["processor"])
     assert {"name", "samples", "samples_hash", "seed", "records", "limit", "limit_points"} <= set(doc["bench"])
@@ -386,7 +386,7 @@ def test_answers_cut_off_at_the_token_limit_are_truncated_failures(finish_reason
                                      "--cache", str(cache), "--out", str(out), "--no-plots", "--profile", "vlm3"])
     assert result.exit_code == 0, result.output
     m = json.loads((out / "metrics.json").read_text())["metrics"]
-    lines = [line for line in read_predictions(out / "predictions.jsonl").values() if "skipped" not in line]
+    lines = [line for line in read_predictions(out / "predictions.jsonl").values() if "not_asked" not in line]
     n = len(lines)
     assert n > 0 and m["n"] == n
     # Every answer is the right one: only the finish reason differs between the two runs.
@@ -420,7 +420,7 @@ def test_truncated_answers_are_counted_per_dataset():
 
 @pytest.mark.parametrize("task", ["depth", "pose", "correspondence", "object"])
 def test_shipped_synthetic_bench_lists_match_their_data(task, cache):
-    """The versioned lists in configs/bench are checked against freshly rendered data: a change to
+    """The versioned lists in vlm3/configs/bench are checked against freshly rendered data: a change to
     the scene families must come with new lists, never a stale one that refuses to run."""
     from vlm3.eval.bench import load_records, resolve_data, sample_list_for
 
@@ -451,10 +451,115 @@ def test_failed_requests_are_failures_and_asked_again_on_resume(cache, tmp_path)
     backend = Outage(bench, cache)
     down = run_eval(backend, bench, out, **kw)
     m = down.metrics["metrics"]
-    lines = [line for line in read_predictions(out / "predictions.jsonl").values() if "skipped" not in line]
+    lines = [line for line in read_predictions(out / "predictions.jsonl").values() if "not_asked" not in line]
     assert m["n"] == m["failed"] == len(lines) > 0 and m["truncated"] == 0
     assert all(line["error"] and not line["truncated"] and line["pred"] is None for line in lines)
     backend.down = False
     again = run_eval(backend, bench, out, **kw)
     assert again.n_queries - again.n_cached == len(lines)  # every failed question asked again
     assert again.metrics["metrics"]["delta1"] == 1.0 and again.metrics["metrics"]["failed"] == 0
+
+
+# --- every label scored: labels, asked, not asked -----------------------------------------------
+
+
+class OracleAt(Oracle):
+    """The oracle for questions asked with ``settings`` (a model's vlm3.json), not the bench's."""
+
+    def __init__(self, bench, cache: Path, settings) -> None:
+        from vlm3.data.io import image_root
+        from vlm3.eval.bench import load_records, resolve_data
+        from vlm3.tasks.samples import build_sample, load_images
+
+        data = resolve_data(bench, cache, progress=False)
+        self.table = {}
+        for rec in load_records(data).values():
+            sample = build_sample(rec, load_images(rec, image_root(data)), bench.task, settings)
+            self.table.update({(self._key(sample.images), q.question): q.answer for q in sample.queries})
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not IBIMS.is_dir(), reason="iBims-1 sample not present")
+def test_ibims_at_focal_140_multiple_28_scores_every_label(cache, tmp_path):
+    """The issue's case (a model trained at focal 140 px, size multiple 28): nothing is skipped,
+    every label is asked, and metrics.json and the report say so."""
+    from vlm3.settings import Settings
+
+    meta = tmp_path / "model"
+    meta.mkdir()
+    (meta / "vlm3.json").write_text(json.dumps({"task": "depth", "profile": "vlm3", "focal": 140, "size_multiple": 28, "n_coords": 2000, "depth_type": "range"}))
+    bench = load_bench("ibims1")
+    oracle = OracleAt(bench, cache, Settings(focal=140, size_multiple=28, n_coords=2000, depth_type="range"))
+    result = run_eval(oracle, bench, tmp_path / "o", limit=5, meta=meta, cache_dir=cache, progress=False, plots=False)
+    m = result.metrics["metrics"]
+    assert (m["labels"], m["asked"], m["not_asked"], m["not_asked_reasons"]) == (500, 500, 0, {})
+    assert m["n"] == 500 and m["failed"] == 0 and m["delta1"] == 1.0
+    assert result.metrics["settings"]["size_multiple"] == 28 and json.loads((tmp_path / "o" / "run.json").read_text())["canvas"] == "padded up to size_multiple"
+    assert "over all 500 labels: 500 asked, 0 not asked;" in (tmp_path / "o" / "report.md").read_text()
+
+
+def distorted_bench(tmp_path: Path, cache: Path):
+    """synth-depth with strong barrel distortion (k1 = -0.5) declared on view 0: the corners'
+    undistorted positions leave the unified canvas, so some labels cannot be shown to any model."""
+    import shutil
+
+    from vlm3.data.io import read_records, shard_path, shard_paths, write_shard
+    from vlm3.eval.bench import resolve_data
+
+    data = resolve_data(synth_bench("depth", tmp_path), cache, progress=False)
+    folder = tmp_path / "distorted"
+    shutil.copytree(data, folder)
+    records = [r.model_copy(update={"views": [r.views[0].model_copy(update={"dist": [-0.5, 0.0, 0.0, 0.0]}), *r.views[1:]]}) for r in read_records(data)]
+    for path in shard_paths(folder):
+        path.unlink()
+    write_shard(records, shard_path(folder, 0))
+    raw = {"name": "synth-depth-distorted", "task": "depth", "data": {"records": str(folder)},
+           "settings": {"focal": 140, "size_multiple": 28, "n_coords": 2000, "depth_type": "range"}}
+    (tmp_path / "distorted.yaml").write_text(yaml.safe_dump(raw))
+    return load_bench(tmp_path / "distorted.yaml")
+
+
+def test_labels_no_model_can_be_asked_are_counted_failures_the_same_for_every_model(cache, tmp_path):
+    """Labels the undistorted view cannot show are never asked, for any model: metrics.json, the
+    printed line and the report give labels / asked / not asked by reason; δ1 is over ALL labels
+    with them as misses, AbsRel over the usable answers; an older run's "skipped" lines are redone."""
+    from vlm3.data.unify import NOT_ASKED
+
+    bench = distorted_bench(tmp_path, cache)
+    oracle = Oracle(bench, cache)
+    args = ["--bench", str(bench.source), "--cache", str(cache), "--no-plots", "--profile", "vlm3"]
+    with serve_in_thread(oracle_server(oracle, "stop")) as url:
+        printed = runner.invoke(app, ["eval", "--model", url, "--out", str(tmp_path / "oracle"), *args])
+        assert printed.exit_code == 0, printed.output
+        best = json.loads((tmp_path / "oracle" / "metrics.json").read_text())["metrics"]
+        worst = run_eval(Scripted(["no idea"]), bench, tmp_path / "worst", cache_dir=cache, progress=False, plots=False, profile="vlm3").metrics["metrics"]
+
+        counts = lambda m: {k: m[k] for k in ("n", "labels", "asked", "not_asked", "not_asked_reasons")}  # noqa: E731
+        assert counts(best) == counts(worst)  # the same labels, whatever the model answers
+        labels, asked, missing = best["labels"], best["asked"], best["not_asked"]
+        assert labels == 60 and 0 < missing < labels and asked + missing == labels == best["n"]
+        assert best["not_asked_reasons"] == {"outside_undistorted_image": missing}
+        assert best["failed"] == missing and best["delta1"] == pytest.approx(asked / labels) and best["abs_rel"] < 0.01
+        assert worst["failed"] == labels and worst["delta1"] == 0.0
+        why = NOT_ASKED["outside_undistorted_image"]
+        assert f"over {labels} labels ({asked} asked, {missing} not asked ({missing} {why})" in " ".join(printed.output.split())
+        report = (tmp_path / "oracle" / "report.md").read_text()
+        assert f"over all {labels} labels: {asked} asked, {missing} not asked ({missing} {why})" in report
+        assert f"{missing} of them not asked" in report and "## Labels not asked" in report
+
+        lines = {name: read_predictions(tmp_path / name / "predictions.jsonl") for name in ("oracle", "worst")}
+        unasked = {name: {k for k, line in got.items() if "not_asked" in line} for name, got in lines.items()}
+        assert unasked["oracle"] == unasked["worst"] and len(unasked["oracle"]) == missing
+        for key in unasked["oracle"]:
+            line = lines["oracle"][key]
+            assert line["not_asked"] == "outside_undistorted_image" and line["pred"] is None and not line["parsed"]
+            assert line["gt"] > 0 and "raw" not in line and "question" not in line and len(line["pixel"]) == 2
+
+        # An older vlm3 wrote "skipped" lines without ground truth: resuming asks those labels again.
+        asked_key = next(k for k, line in lines["oracle"].items() if "not_asked" not in line)
+        with open(tmp_path / "oracle" / "predictions.jsonl", "a") as f:
+            f.write(json.dumps({"key": asked_key, "record": asked_key.split("#")[0], "label": asked_key.split("#")[1], "skipped": "outside the transformed image"}) + "\n")
+        again = runner.invoke(app, ["eval", "--model", url, "--out", str(tmp_path / "oracle"), *args])
+    assert again.exit_code == 0, again.output
+    assert "1 asked now" in again.output  # the one label the old line had skipped
+    assert json.loads((tmp_path / "oracle" / "metrics.json").read_text())["metrics"] == best

@@ -102,7 +102,7 @@ def test_correspondence_epe_norm_is_in_the_text_units_of_the_transformed_image(c
     settings, _ = resolve_settings(None, bench.settings)
     errors = []
     for line in read_predictions(tmp_path / "o" / "predictions.jsonl").values():
-        if "skipped" in line:
+        if "not_asked" in line:
             continue
         rec = records[line["record"]]
         view = transform_views(rec, load_images(rec, image_root(data)), settings)

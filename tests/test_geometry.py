@@ -207,3 +207,58 @@ def test_ibims_depth_sample_unifies_inside_image() -> None:
         ij = np.floor(px).astype(int)
         dst = out.images[0][ij[:, 1], ij[:, 0]].astype(np.float64)
         assert np.median(np.abs(src - dst)) < 12
+
+
+# --- size_multiple pads, never crops ------------------------------------------------------------
+
+
+def test_pad_to_multiple_rounds_up() -> None:
+    from vlm3.geometry.unify import pad_to_multiple
+
+    assert [pad_to_multiple(x, 28) for x in (160.1, 120.4, 168.0, 168.0 + 1e-9, 1.0, 28.0001)] == [168, 140, 168, 168, 28, 56]
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="size_multiple"):
+            pad_to_multiple(100.0, bad)
+    with pytest.raises(ValueError, match="extent"):
+        pad_to_multiple(float("nan"), 28)
+
+
+@settings(max_examples=300, deadline=None)
+@given(K=intrinsics_st, target=st.floats(20, 2000), mult=st.sampled_from([1, 7, 14, 28, 32, 64]), data=st.data())
+def test_size_multiple_pads_so_every_label_stays_inside(K: Intrinsics, target: float, mult: int, data) -> None:
+    """The padded canvas is the smallest multiple >= the exact extent; cx, cy and the focal are
+    those of the unpadded canvas; every pixel of the original image maps inside, and can be asked."""
+    from vlm3.data.unify import not_asked_reasons
+    from vlm3.geometry.unify import FocalTransform
+
+    exact_w, exact_h = K.width * target / K.fx, K.height * target / K.fy
+    dst = unified_intrinsics(K, target, mult)
+    plain = unified_intrinsics(K, target)
+    assert dst.width % mult == 0 and dst.height % mult == 0
+    assert exact_w - 1e-6 <= dst.width < exact_w + mult and exact_h - 1e-6 <= dst.height < exact_h + mult
+    assert (dst.fx, dst.fy, dst.cx, dst.cy) == (plain.fx, plain.fy, plain.cx, plain.cy)  # padding moves nothing
+    uv = np.array(data.draw(st.lists(st.tuples(st.floats(0, K.width, exclude_max=True), st.floats(0, K.height, exclude_max=True)), min_size=1, max_size=20)))
+    t = FocalTransform(K, dst)
+    px = t.forward(uv)
+    assert (px >= -1e-6).all() and (px[:, 0] < dst.width + 1e-6).all() and (px[:, 1] < dst.height + 1e-6).all()
+    assert (not_asked_reasons(t, dst, px) == "").all()
+    # The corners of the original image (the extreme labels) too.
+    corners = t.forward(np.array([[0.0, 0.0], [K.width, K.height]]))
+    assert corners[1, 0] <= dst.width + 1e-6 and corners[1, 1] <= dst.height + 1e-6
+
+
+def test_padded_image_keeps_content_and_pads_right_and_bottom() -> None:
+    """iBims-1's camera at focal 140 px and multiple 28: exact 160.1 x 120.4 px, canvas 168 x 140
+    (rounding to the nearest multiple gave 168 x 112 and cut the bottom rows off)."""
+    K = Intrinsics(559.62, 558.14, 362.37, 242.49, 640, 480)
+    img = np.random.default_rng(1).integers(1, 255, (480, 640, 3), dtype=np.uint8)
+    padded = unify_focal(img, K, 140.0, size_multiple=28)
+    plain = unify_focal(img, K, 140.0)
+    assert (padded.K.width, padded.K.height) == (168, 140) and (plain.K.width, plain.K.height) == (160, 120)
+    assert (padded.K.cx, padded.K.cy) == (plain.K.cx, plain.K.cy) == pytest.approx((362.37 * 140 / 559.62, 242.49 * 140 / 558.14))
+    out = np.asarray(padded.image)
+    np.testing.assert_array_equal(out[:120, :160], np.asarray(plain.image))  # same content, same place
+    assert not out[:, 161:].any() and not out[121:].any()  # black padding at the right and bottom only
+    # The bottom-right labelled pixel is inside the padded canvas (it was outside the cropped one).
+    u, v = padded.transform.forward(np.array([[639.5, 479.5]]))[0]
+    assert 159 < u < 168 and 119 < v < 140 and padded.K.contains(np.array([[u, v]])).all()

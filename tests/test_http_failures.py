@@ -57,6 +57,12 @@ class _Handler(BaseHTTPRequestHandler):
         mode = srv.mode
         if mode == "ok":
             self._json(200, answer(body))
+        elif mode == "slow-ok":  # answers after 0.2 s; logs (start, end) of every request
+            start = time.monotonic()
+            time.sleep(0.2)
+            with srv.lock:
+                srv.spans.append((start, time.monotonic()))
+            self._json(200, answer(body))
         elif mode == "gzip":
             self._send(200, gzip.compress(json.dumps(answer(body)).encode()), {"content-encoding": "gzip"})
         elif mode == "silent":  # read the request, never answer
@@ -116,6 +122,7 @@ class Stub(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.mode, self.key, self.published = mode, key, published
         self.posts, self.seen, self.lock, self.release = 0, [], threading.Lock(), threading.Event()
+        self.spans: list[tuple[float, float]] = []
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
 
     def handle_error(self, request, client_address) -> None:
@@ -157,6 +164,21 @@ def questions(n: int) -> list:
 
 
 # --- the client ------------------------------------------------------------------------------------
+
+
+def test_questions_about_one_image_send_the_first_alone_then_the_rest_together(serve):
+    server = serve("slow-ok")
+    image = Image.new("RGB", (8, 8))
+    with OpenAIBackend(server.url, model="m", max_concurrency=4, **{**FAST, "total_timeout": 5.0, "timeout": 5.0}) as client:
+        shared = client.complete([single_turn([image], f"How far is point {i}?") for i in range(5)])
+        spans, server.spans = sorted(server.spans), []
+        separate = client.complete([single_turn([Image.new("RGB", (8, 8))], f"point {i}") for i in range(4)])
+    assert [c.text for c in shared + separate] == ["3.5 m"] * 9
+    first, rest = spans[0], spans[1:]
+    assert all(start >= first[1] for start, _ in rest)  # the prefix is cached before the others arrive
+    assert max(s for s, _ in rest) < min(e for _, e in rest)  # the other 4 were in flight together
+    others = sorted(server.spans)
+    assert max(s for s, _ in others) < min(e for _, e in others)  # different images: no warm-up
 
 
 def test_silent_server_fails_each_question_within_the_total_timeout(serve, capsys):
@@ -337,8 +359,9 @@ def test_eval_against_a_silent_server_ends_in_bounded_time_with_every_question_f
     assert result.exit_code == 0, result.output
     m = metrics(tmp_path / "silent")
     assert (m["n"], m["failed"], m["parsed"]) == (n, n, 0)
-    # Two records, each with its 3 questions in flight together: two total timeouts (+ backoff).
-    assert took < baseline + 2 * (1.0 + 0.6), (took, baseline)
+    # Two records, each with its first question alone (the prefix-cache warm-up), then the other
+    # 2 in flight together: four total timeouts (+ backoff).
+    assert took < baseline + 4 * (1.0 + 0.6), (took, baseline)
     assert result.output.count("warning: a request failed") == 1 and "total timeout of 1 s" in result.output
 
 

@@ -23,7 +23,7 @@ from vlm3.data.mixture import (
     permute_indices,
 )
 
-PAPER = Path(__file__).resolve().parents[1] / "configs" / "mixture-paper-depth.yaml"
+PAPER = Path(__file__).resolve().parents[1] / "vlm3" / "configs" / "mixture-paper-depth.yaml"
 SIZES = {"a": 1000, "b": 3000, "c": 6000}
 runner = CliRunner()
 

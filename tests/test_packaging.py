@@ -1,4 +1,5 @@
-"""Packaging: pyproject.toml gives ranges, constraints.txt the exact tested versions.
+"""Packaging: pyproject.toml gives ranges, constraints.txt the exact tested versions; the shipped
+configs are package data, found by an installed wheel from any folder.
 
 `make install` and CI install with `-c constraints.txt`, so the pins decide what is tested; the
 ranges in pyproject.toml decide what `pip install vlm3` may pick next to other packages. The pins
@@ -8,10 +9,17 @@ pyproject.toml is what made `pip install 'vlm3[vllm]'` unresolvable).
 
 from __future__ import annotations
 
+import fnmatch
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
@@ -138,3 +146,106 @@ def test_no_vllm_release_fits_the_ranges_so_vllm_stays_out_of_the_environment():
     assert "vllm" not in project().get("optional-dependencies", {}), (
         "pyproject.toml has a `vllm` extra, but no recorded vLLM release resolves with vlm3's ranges"
     )
+
+
+# --- shipped configs: package data, found from an installed wheel ------------------------------
+
+def package_data_globs() -> list[str]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["vlm3"]
+
+
+def test_every_shipped_config_is_package_data():
+    # setuptools copies into the wheel only what these globs match: a config in a deeper folder
+    # (or of another suffix) would be missing from every installed vlm3.
+    configs = ROOT / "vlm3" / "configs"
+    files = [p.relative_to(ROOT / "vlm3").as_posix() for p in configs.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert files, "no configs in vlm3/configs"
+    missed = [f for f in files if not any(fnmatch.fnmatchcase(f, g) and f.count("/") == g.count("/") for g in package_data_globs())]
+    assert not missed, f"not matched by [tool.setuptools.package-data] in pyproject.toml: {missed}"
+    assert not (ROOT / "configs").exists(), "configs/ is back at the repository root; the shipped configs live in vlm3/configs"
+
+
+def test_every_shipped_bench_has_its_sample_list():
+    # An installed package folder may be read-only: a bench whose list is not shipped would try to
+    # write it there on first use.
+    from vlm3.eval.bench import load_bench
+    from vlm3.paths import BENCH_DIR
+
+    names = sorted(p.stem for p in BENCH_DIR.glob("*.yaml"))
+    assert {"ibims1", "synth-depth", "synth-pose", "synth-correspondence", "synth-object"} <= set(names)
+    for name in names:
+        bench = load_bench(name)
+        assert bench.samples_path is not None and bench.samples_path.is_file(), f"{name}: no {bench.samples_path}"
+        assert bench.samples_path.parent == BENCH_DIR
+
+
+# Run in an unrelated folder with only the wheel's install folder on PYTHONPATH.
+PROBE = """
+import json, os, sys
+import vlm3, vlm3.paths
+from vlm3.eval.bench import BenchError, find_bench, load_bench
+out = {"vlm3": vlm3.__file__, "checkout": str(vlm3.paths.checkout_root()), "bench": str(find_bench("ibims1")),
+       "configs": [str(p) for p in vlm3.paths.list_configs()]}
+try:
+    out["root"] = load_bench("ibims1").data["prepare"]["root"]
+except BenchError as e:
+    out["error"] = str(e)
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def installed_wheel(tmp_path_factory) -> Path:
+    """``pip wheel`` of a copy of the sources, installed with ``pip install --no-deps --target``."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"  # a copy: building in the checkout would leave build/ behind
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    shutil.copytree(ROOT / "vlm3", src / "vlm3", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    # --no-build-isolation: setuptools comes from this environment (no index needed).
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)], check=True, capture_output=True)
+    (wheel,) = (tmp / "dist").glob("vlm3-*.whl")
+    target = tmp / "T"
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True)
+    return target
+
+
+def probe(target: Path, cwd: Path, data: Path | None, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("VLM3_DATA", "PYTHONPATH")}
+    env["PYTHONPATH"] = str(target)
+    if data is not None:
+        env["VLM3_DATA"] = str(data)
+    cmd = [sys.executable, *(args or ("-c", PROBE))]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_installed_wheel_finds_its_configs_from_any_folder(installed_wheel, tmp_path):
+    target, elsewhere = installed_wheel.resolve(), tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    res = probe(target, elsewhere, tmp_path / "data")
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert Path(got["vlm3"]).is_relative_to(target) and got["checkout"] == "None"
+    assert got["bench"] == str(target / "vlm3" / "configs" / "bench" / "ibims1.yaml")
+    shipped = sorted(p.relative_to(ROOT / "vlm3").as_posix() for p in (ROOT / "vlm3" / "configs").rglob("*.yaml"))
+    assert sorted(Path(p).relative_to(target / "vlm3").as_posix() for p in got["configs"]) == shipped
+    assert all(Path(p).is_relative_to(target) for p in got["configs"])
+    assert sorted(p.name for p in (target / "vlm3" / "configs" / "bench").glob("*.samples.json")) == sorted(
+        p.name for p in (ROOT / "vlm3" / "configs" / "bench").glob("*.samples.json")
+    )
+    # The bench's data path comes from VLM3_DATA.
+    assert got["root"] == str((tmp_path / "data" / "ibims1").resolve())
+
+    # Installed, with VLM3_DATA unset, there is no default: the error names the setting.
+    res = probe(target, elsewhere, None)
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert "root" not in got and "data.prepare.root uses ${VLM3_DATA}: VLM3_DATA is not set" in got["error"]
+
+    # The CLI: `vlm3 eval --bench ibims1` reads the installed bench and names the data path tried.
+    res = probe(target, elsewhere, tmp_path / "data", "-m", "vlm3.cli", "eval", "--model", "unused", "--bench", "ibims1", "--out", "ev")
+    assert res.returncode == 1
+    message = " ".join(res.stderr.split())
+    assert f"{target / 'vlm3' / 'configs' / 'bench' / 'ibims1.yaml'}: data.prepare.root = {tmp_path / 'data' / 'ibims1'} does not exist" in message
+    assert f"VLM3_DATA={tmp_path / 'data'}" in message

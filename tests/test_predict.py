@@ -109,19 +109,40 @@ def test_depth_grid_writes_png_and_a_ply_that_projects_back(image_path, tmp_path
     assert math.isclose(first["range_m"], first["depth_m"]) and first["z_m"] < first["range_m"]
 
 
-def test_depth_z_answers_and_points_outside_the_cropped_view(image_path):
-    # size_multiple 28 rounds the unified width 168 down to 168 and the height 121.2 to 112: the
-    # bottom rows leave the model's view and are reported, not asked.
+def test_depth_z_answers_and_points_at_the_padded_edge(image_path):
+    # size_multiple 28 pads the unified 168 x 121.2 image to 168 x 140 (rounding to the nearest
+    # multiple cropped it to 112 rows): points in the bottom rows are asked like any other.
     opts = Settings(focal=140.0, depth_type="range").with_values(size_multiple=28, depth_type="z")
     assert (opts.focal, opts.size_multiple, opts.depth_type, opts.n_coords) == (140.0, 28, "z", 2000)
-    pts = np.array([[10.5, 10.5], [60.5, 88.5]])
+    pts = np.array([[10.5, 10.5], [60.5, 88.5], [119.5, 89.5]])
     pred = P.predict_depth(DepthStub(), image_path, K, points=pts, settings=opts)
-    assert pred.valid.tolist() == [True, False] and pred.raw[1] == "" and pred.coords[1].tolist() == [-1, -1]
-    assert math.isclose(pred.points_cam()[0, 2], pred.depth[0]) and np.isnan(pred.points_cam()[1]).all()
+    assert pred.valid.all() and pred.not_asked == [None] * 3 and pred.failures == [None] * 3
+    # The bottom-right pixel is named inside the image content (121.2 of 140 rows), not in the padding.
+    assert pred.coords[2].tolist() == encode_pixels(np.array([[119.5 * 1.4, 89.5 * 140 / 104]]), 168, 140).tolist()[0]
+    assert math.isclose(pred.points_cam()[0, 2], pred.depth[0]) and math.isclose(pred.points_cam()[1, 2], pred.depth[1])
     with pytest.raises(ValueError, match="outside the 120x90 image"):
         P.predict_depth(DepthStub(), image_path, K, points=[[200, 5]], settings=opts)
     with pytest.raises(ValueError, match="nothing to ask"):
         P.predict_depth(DepthStub(), image_path, K, settings=opts)
+
+
+def test_points_never_asked_are_shown_with_their_reason_not_as_failed(image_path, tmp_path):
+    """A point that could not be shown to the model (lens distortion moved it off the canvas) says
+    "not asked: <why>" in the API, points.json and its count, never "the answer did not parse"."""
+    from vlm3.ask import UNPARSED
+    from vlm3.data.unify import NOT_ASKED
+
+    uv = np.array([[10.5, 10.5], [60.5, 40.5], [1.5, 88.5]])
+    pred = P.DepthPrediction(uv, np.array([2.0, np.nan, np.nan]), "z", ["2.0", "far", ""], np.array([True, False, False]), K,
+                             np.array([[100, 100], [900, 900], [-1, -1]]), not_asked=[None, None, "outside_undistorted_image"])
+    why = "not asked: " + NOT_ASKED["outside_undistorted_image"]
+    assert pred.failures == [None, UNPARSED, why]
+    doc = json.loads(P.write_depth_outputs(pred, image_path, tmp_path / "d")["points"].read_text())
+    assert [p["failure"] for p in doc["points"]] == [None, UNPARSED, why]
+    assert (doc["n"], doc["valid"], doc["parsed"], doc["not_asked"]) == (3, 1, 1, 1)
+    match = P.MatchPrediction(uv[:2], np.array([[5.0, 5.0], [np.nan, np.nan]]), ["(1, 1)", ""], np.array([True, False]),
+                              not_asked=[None, "outside_undistorted_image"])
+    assert match.failures == [None, why]
 
 
 @pytest.mark.slow
@@ -142,7 +163,7 @@ def test_tiny_model_answers_go_through_the_task_parsers(image_path, tmp_path):
     parsed = [parse_depth(r) is not None and not cut for r, cut in zip(pred.raw, pred.truncated)]
     assert len(pred.raw) == 12 and pred.parsed.tolist() == parsed
     assert pred.valid.tolist() == [p and parse_depth(r) > 0 for p, r in zip(parsed, pred.raw)]
-    assert pred.processor["images"][0]["size"] == [168, 112]  # 120x90 at fx 100, fy 104 -> focal 140, cropped to 28s
+    assert pred.processor["images"][0]["size"] == [168, 140]  # 120x90 at fx 100, fy 104 -> focal 140, padded up to 28s
     doc = json.loads(P.write_depth_outputs(pred, image_path, tmp_path / "o")["points"].read_text())
     assert (doc["n"], doc["parsed"], doc["valid"]) == (12, sum(parsed), int(pred.valid.sum()))
     pose = P.predict_pose(backend, image_path, image_path, K, settings=Settings(focal=140.0), max_new_tokens=4)

@@ -317,15 +317,16 @@ def test_a_sharded_rerun_removes_only_its_own_temporaries(tmp_path):
     assert tmp_files(out) == []
 
 
-def test_no_labels_after_cropping_is_rejected(tmp_path):
+def test_materialized_size_multiple_pads_and_keeps_every_label(tmp_path):
     make_dataset(tmp_path / "src", n_images=2)
-    # size_multiple crops the unified 40x30 image to 32x32: labels right of x = 32 leave the image.
+    # size_multiple pads the unified 40 x 28.7 image up to 64 x 32 (rounding to the nearest
+    # multiple cropped it to 32 x 32 and lost the labels right of x = 32).
     report = prepare("depthlm-jsonl", tmp_path / "src", tmp_path / "out",
                      PrepareOptions(materialize=True, focal=45.0, size_multiple=32), progress=False)
     kept = list(read_records(tmp_path / "out"))
-    assert all(r.views[0].K.width == 32 and r.views[0].K.height == 32 for r in kept)
-    assert 0 < report.dropped_labels == 12 - report.depth_points
-    assert all(x < 32 and y < 32 for r in kept for x, y in r.depth.pixels)
+    assert all(r.views[0].K.width == 64 and r.views[0].K.height == 32 for r in kept)
+    assert report.dropped_labels == 0 and report.depth_points == 12 and report.records == 2
+    assert all(x < 40 and y < 28.8 for r in kept for x, y in r.depth.pixels)  # inside the content, not the padding
 
 
 def test_settings_or_source_change_is_refused(tmp_path):
@@ -369,3 +370,134 @@ def test_cli_errors_are_clean(tmp_path):
     assert "not empty" in _cli_error(["prepare", "depthlm-jsonl", "--root", src, "--out", str(tmp_path / "busy")])
     res = runner.invoke(app, ["prepare", "depthlm-jsonl", "--help-adapter"])
     assert res.exit_code == 0 and "depth_type" in res.output
+
+
+# --- materialisation choice, unit sizing, linear bookkeeping ----------------------------------------
+
+
+def test_write_images_values():
+    from vlm3.data.prepare import parse_write_images
+
+    assert [parse_write_images(v) for v in ("none", "PNG", "jpeg", "jpg", "jpeg:80", " jpeg:100 ")] == [
+        "none", "png", "jpeg:95", "jpeg:95", "jpeg:80", "jpeg:100"]
+    for bad in ("gif", "jpeg:0", "jpeg:101", "jpeg:", "jpeg:q", "png:9", "none:1"):
+        with pytest.raises(PrepareError, match="expected none, jpeg"):
+            parse_write_images(bad)
+    # The older flag: materialize alone is png; with a format it is that format; with none a contradiction.
+    assert (PrepareOptions().write_images, PrepareOptions().materialize) == ("none", False)
+    assert PrepareOptions(materialize=True).write_images == "png"
+    assert (PrepareOptions(write_images="jpeg").materialize, PrepareOptions(materialize=True, write_images="jpeg:90").write_images) == (True, "jpeg:90")
+    with pytest.raises(PrepareError, match="give one of them"):
+        PrepareOptions(materialize=True, write_images="none")
+
+
+def test_jpeg_materialisation_names_jpg_images_and_records_the_choice(tmp_path):
+    make_dataset(tmp_path / "src", size=(80, 60))
+    yy, xx = np.mgrid[0:60, 0:80]
+    for i, path in enumerate(sorted((tmp_path / "src" / "rgb").glob("*.png"))):  # smooth, photo-like images
+        Image.fromarray(np.stack([xx * 3, yy * 4, (xx + yy + 20 * i) % 256], -1).astype(np.uint8)).save(path)
+    png, jpeg = tmp_path / "png", tmp_path / "jpeg"
+    prepare("depthlm-jsonl", tmp_path / "src", png, PrepareOptions(write_images="png", focal=60.0), progress=False)
+    report = prepare("depthlm-jsonl", tmp_path / "src", jpeg, PrepareOptions(write_images="jpeg:95", focal=60.0), progress=False)
+    assert report.records == 9 and report.images_this_run == 9
+    manifest = read_manifest(jpeg)
+    assert (manifest["write_images"], manifest["unified"], manifest["focal"]) == ("jpeg:95", True, 60.0)
+    assert read_manifest(png)["write_images"] == "png"
+    assert json.loads((jpeg / "prepare_settings.json").read_text())["write_images"] == "jpeg:95"
+    by_id = {r.id: r for r in read_records(png)}
+    for rec in read_records(jpeg):
+        ref = by_id[rec.id]
+        assert rec.views[0].image == ref.views[0].image + ".jpg" == unified_image_name(ref.meta["source_image"], ".jpg")
+        assert rec.views[0].intrinsics == ref.views[0].intrinsics and rec.depth == ref.depth  # only the encoding differs
+        a = np.asarray(Image.open(jpeg / rec.views[0].image).convert("RGB"), dtype=float)
+        b = np.asarray(Image.open(png / ref.views[0].image), dtype=float)
+        assert a.shape == b.shape == (rec.views[0].K.height, rec.views[0].K.width, 3)
+        mse = np.mean((a - b) ** 2)
+        assert 0 < mse and 10 * np.log10(255**2 / mse) > 35  # lossy, but close (PSNR in dB)
+    assert all(p.suffix == ".jpg" for p in (jpeg / "images").rglob("*.*"))
+    # Another encoding into the same DST is other settings, named.
+    with pytest.raises(PrepareError, match="other settings.*write_images"):
+        prepare("depthlm-jsonl", tmp_path / "src", jpeg, PrepareOptions(write_images="png", focal=60.0), progress=False)
+
+
+def test_png_choice_is_the_older_materialize_output(tmp_path):
+    make_dataset(tmp_path / "src")
+    old = tmp_path / "old"
+    prepare("depthlm-jsonl", tmp_path / "src", old, PrepareOptions(**OPTS), progress=False)
+    new = tmp_path / "new"
+    opts = {**OPTS, "materialize": False, "write_images": "png"}
+    prepare("depthlm-jsonl", tmp_path / "src", new, PrepareOptions(**opts), progress=False)
+    assert shard_bytes(new) == shard_bytes(old)
+    assert (new / "prepare_settings.json").read_bytes() == (old / "prepare_settings.json").read_bytes()
+    assert "write_images" not in json.loads((old / "prepare_settings.json").read_text())  # earlier DSTs stay resumable
+    assert {p.name: p.read_bytes() for p in (new / "images" / "rgb").iterdir()} == {p.name: p.read_bytes() for p in (old / "images" / "rgb").iterdir()}
+
+
+def test_only_8bit_images_may_be_jpeg():
+    from vlm3.data.prepare import _is_8bit_image
+
+    assert _is_8bit_image(np.zeros((4, 5, 3), np.uint8)) and _is_8bit_image(np.zeros((4, 5), np.uint8))
+    for depth_like in (np.zeros((4, 5), np.uint16), np.zeros((4, 5), np.float32), np.zeros((4, 5, 4), np.uint8)):
+        assert not _is_8bit_image(depth_like)
+
+
+def test_cli_write_images_and_threads(tmp_path):
+    import cv2
+
+    make_dataset(tmp_path / "src", n_images=3)
+    before = cv2.getNumThreads()
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["prepare", "depthlm-jsonl", "--root", str(tmp_path / "src"), "--out", str(out),
+                              "--write-images", "jpeg:90", "--focal", "60", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert (report["records"], report["threads"]) == (3, 1)
+    assert read_manifest(out)["write_images"] == "jpeg:90"
+    assert cv2.getNumThreads() == before  # the command's thread choice ends with it
+    assert "expected none, jpeg" in _cli_error(["prepare", "depthlm-jsonl", "--root", str(tmp_path / "src"), "--out", str(tmp_path / "o2"), "--write-images", "webp"])
+    assert "give one of them" in _cli_error(["prepare", "depthlm-jsonl", "--root", str(tmp_path / "src"), "--out", str(tmp_path / "o2"),
+                                             "--materialize", "--write-images", "none"])
+
+
+def test_small_datasets_split_into_units_for_the_workers(tmp_path):
+    from vlm3.data.adapters.depthlm_jsonl import MIN_UNITS, auto_chunk_size
+
+    assert [auto_chunk_size(n) for n in (1, 9, 32, 33, 100, 8192, 8193, 10**6)] == [1, 1, 1, 2, 4, 256, 256, 256]
+    make_dataset(tmp_path / "src", n_images=40)
+    one = prepare("depthlm-jsonl", tmp_path / "src", tmp_path / "one", PrepareOptions(), progress=False)
+    assert one.units_total == 20 and MIN_UNITS == 32  # 2 lines per unit; before: one unit of 256 lines, nothing to share
+    two = prepare("depthlm-jsonl", tmp_path / "src", tmp_path / "two", PrepareOptions(workers=2), progress=False)
+    assert (two.units_total, two.records) == (20, 40)
+    assert shard_bytes(tmp_path / "two") == shard_bytes(tmp_path / "one")  # the unit size depends on the data, not on --workers
+    assert read_manifest(tmp_path / "two") == read_manifest(tmp_path / "one")
+
+
+@needs_ibims
+def test_readme_ibims_example_has_units_for_two_workers():
+    from vlm3.data.adapters.depthlm_jsonl import DepthLMJsonlAdapter
+
+    assert len(DepthLMJsonlAdapter(IBIMS).units()) == 25  # 100 lines, 4 per unit
+
+
+def test_bookkeeping_reads_each_done_file_once(tmp_path, monkeypatch):
+    """Resume scan, progress and report are linear: no done file is read twice, none after its own unit ran."""
+    import vlm3.data.prepare as P
+
+    make_dataset(tmp_path / "src", n_images=12)
+    reads: list[str] = []
+    real = P._read_done
+    monkeypatch.setattr(P, "_read_done", lambda path, unit, h: reads.append(path.name) or real(path, unit, h))
+    opts = dict(options={"chunk_size": "1"})
+    first = prepare("depthlm-jsonl", tmp_path / "src", tmp_path / "out", PrepareOptions(**opts), progress=False)
+    assert (first.units_converted, first.records, reads) == (12, 12, [])  # results come from the run itself
+    again = prepare("depthlm-jsonl", tmp_path / "src", tmp_path / "out", PrepareOptions(**opts), progress=False)
+    assert again.units_skipped == 12 and sorted(reads) == sorted(set(reads)) and len(reads) == 12
+    assert (again.records, again.depth_points) == (first.records, first.depth_points)
+
+    reads.clear()
+    split = tmp_path / "split"
+    prepare("depthlm-jsonl", tmp_path / "src", split, PrepareOptions(num_shards=3, shard_index=0, **opts), progress=False)
+    assert reads == []  # the other shards have nothing done yet (their listing is empty)
+    last = prepare("depthlm-jsonl", tmp_path / "src", split, PrepareOptions(num_shards=3, shard_index=1, **opts), progress=False)
+    assert sorted(reads) == [f"{i:05d}.json" for i in range(0, 12, 3)]  # shard 0's units, read once at the end
+    assert not last.complete and last.units_done == 8

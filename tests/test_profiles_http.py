@@ -28,7 +28,7 @@ from vlm3.tasks import get_task, task_names
 from vlm3.tasks.samples import build_sample, load_images
 
 runner = CliRunner()
-BENCHES = Path(__file__).resolve().parents[1] / "configs" / "bench"
+BENCHES = Path(__file__).resolve().parents[1] / "vlm3" / "configs" / "bench"
 # The headline of a perfect answer sheet, per task.
 PERFECT = {"depth": ("delta1", 1.0), "pose": ("auc30", 1.0), "correspondence": ("pck1", 1.0), "object": ("qualitative_acc", 1.0)}
 

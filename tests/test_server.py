@@ -139,14 +139,20 @@ def test_malformed_json_is_400(served):
     assert "not valid JSON" in error_message(r)
 
 
-def test_wrong_schema_is_422_naming_the_field(served):
+def test_wrong_schema_is_400_naming_the_field(served):
     url, _ = served
-    r = post(url, {"messages": [{"role": "user", "content": [{"type": "audio", "data": "x"}]}]})
-    assert r.status_code == 422 and "messages.0.content" in error_message(r)
-    r = post(url, {"messages": []})
-    assert r.status_code == 422 and "messages" in error_message(r)
-    r = post(url, {**chat("hi"), "max_tokens": 0})
-    assert r.status_code == 422 and "max_tokens" in error_message(r)
+    cases = [
+        ({"messages": [{"role": "user", "content": [{"type": "audio", "data": "x"}]}]}, "messages[0].content[0].type"),
+        ({"messages": []}, "messages"),
+        ({**chat("hi"), "max_tokens": 0}, "max_tokens"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
+        ({"model": "tiny"}, "messages"),
+    ]
+    for body, param in cases:
+        r = post(url, body)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["param"] == param and param in error["message"], error
 
 
 def test_oversized_image_is_400_and_oversized_body_413(served):
@@ -162,7 +168,8 @@ def test_unsupported_options_and_images_are_400(served):
     url, _ = served
     cases = {
         "temperature must be 0": chat("hi", temperature=0.7),
-        "stream": chat("hi", stream=True),
+        "logprobs": chat("hi", logprobs=True),
+        "n must be 1": chat("hi", n=3),
         "does not fetch remote images": {"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}, {"type": "text", "text": "hi"}]}]},
         "invalid base64": {"messages": [{"role": "user", "content": [

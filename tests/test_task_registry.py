@@ -121,7 +121,7 @@ def test_a_toy_task_runs_through_samples_eval_report_and_score(toy, synth_data, 
     assert result.exit_code == 0, result.output
     assert "toy-bench: within10 = " in result.output
     doc = json.loads((out / "metrics.json").read_text())
-    assert doc["task"] == "toy-brightness" and doc["metrics"]["n"] == 12 and doc["metrics"]["skipped"] == 0
+    assert doc["task"] == "toy-brightness" and doc["metrics"]["n"] == doc["metrics"]["labels"] == 12 and doc["metrics"]["not_asked"] == 0
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert sorted(line["label"] for line in lines) == sorted([f"b{q}" for q in range(4)] * 3)
     assert all(isinstance(line["gt"], int) and "quadrant" in line for line in lines)

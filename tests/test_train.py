@@ -130,6 +130,9 @@ def test_full_finetuning_changes_every_parameter_and_lowers_the_loss(tiny_model,
     meta = json.loads((final / "vlm3.json").read_text())
     assert meta["task"] == "depth" and meta["focal"] == 140 and meta["size_multiple"] == PATCH_MULTIPLE
     assert meta["profile"] == "vlm3" and meta["profile_hash"].startswith("sha256:")
+    card = (final / "README.md").read_text()  # vlm3's model card (tests/test_lora.py checks its content)
+    assert f"Fine-tuned from **`{tiny_model}`** with `vlm3 train` for 5 optimizer steps" in card
+    assert "Method: full fine-tuning." in card and "[None]" not in (final.parent / "README.md").read_text()
 
 
 def test_freeze_vision_keeps_the_vision_tower_bit_identical(tiny_model, depth_data, tmp_path):
@@ -154,12 +157,12 @@ def test_lora_trains_only_adapters_and_loads_with_peft(tiny_model, depth_data, t
     from vlm3.train.sft import train
 
     cfg = tiny_config(tiny_model, depth_data, tmp_path / "run", "model.lora=true", "model.lora_r=4", "train.max_steps=3")
-    final = train(cfg, quiet=True).final_dir
-    assert (final / "adapter_config.json").is_file() and (final / "adapter_model.safetensors").is_file()
+    adapter = train(cfg, quiet=True).adapter_dir  # final/ holds the merged model (tests/test_lora.py)
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
 
     base = load(tiny_model)
     reference = {n: p.clone() for n, p in base.named_parameters()}
-    peft_model = PeftModel.from_pretrained(base, final).eval()
+    peft_model = PeftModel.from_pretrained(base, adapter).eval()
     params = dict(peft_model.named_parameters())
     lora = {n: p for n, p in params.items() if ".lora_" in n}
     assert lora, "no LoRA parameters were loaded"
@@ -421,7 +424,7 @@ def test_cli_bad_mixture_names_the_field(depth_data, tmp_path):
     code, output = run_cli(str(path))
     assert code == 2 and output.startswith("error: data.mixture: policy 'bogus'")
     code, output = run_cli(str(path), "--set", "data.mixture=size")  # now the model is what is missing
-    assert code == 2 and output.startswith("error: model.name_or_path: model folder") and "does not exist" in output
+    assert code == 2 and output.startswith(f"error: model.name_or_path: no model folder at {tmp_path / 'no-model'}")
 
 
 def test_cli_no_resume_refuses_a_folder_with_checkpoints(tmp_path):
@@ -449,7 +452,7 @@ DEPTH_WEIGHTS = {
 
 @pytest.mark.parametrize("task", sorted(PAPER))
 def test_paper_configs_load_and_follow_the_recipe(task):
-    cfg = load_config(ROOT / "configs" / f"qwen3vl-4b-{task}.yaml")
+    cfg = load_config(ROOT / "vlm3" / "configs" / f"qwen3vl-4b-{task}.yaml")
     lr, global_batch, gpus, samples = PAPER[task]
     m, d, t = cfg.model, cfg.data, cfg.train
     assert m.name_or_path == "Qwen/Qwen3-VL-4B-Instruct"
@@ -462,7 +465,7 @@ def test_paper_configs_load_and_follow_the_recipe(task):
     assert (d.focal, d.n_coords, d.unify) == (1000, 2000, True)
     assert d.task == task
     assert all(e.path.startswith("data/prepared/") for e in d.datasets)
-    text = (ROOT / "configs" / f"qwen3vl-4b-{task}.yaml").read_text()
+    text = (ROOT / "vlm3" / "configs" / f"qwen3vl-4b-{task}.yaml").read_text()
     assert f"x {gpus} = {global_batch}" in text  # the batch split is documented
     if task == "depth":
         assert {e.name: e.weight for e in d.datasets} == DEPTH_WEIGHTS and d.points_per_sample == 10
@@ -470,9 +473,9 @@ def test_paper_configs_load_and_follow_the_recipe(task):
 
 def test_paper_config_errors_name_the_field():
     with pytest.raises(ConfigError, match=r"qwen3vl-4b-depth\.yaml: train\.learning_rate = 0: Input should be greater than 0$"):
-        load_config(ROOT / "configs" / "qwen3vl-4b-depth.yaml", ["train.learning_rate=0"])
+        load_config(ROOT / "vlm3" / "configs" / "qwen3vl-4b-depth.yaml", ["train.learning_rate=0"])
     with pytest.raises(ConfigError, match=r"data\.task = 'bogus': .*unknown task 'bogus'"):
-        load_config(ROOT / "configs" / "qwen3vl-4b-depth.yaml", ["data.task=bogus"])
+        load_config(ROOT / "vlm3" / "configs" / "qwen3vl-4b-depth.yaml", ["data.task=bogus"])
     with pytest.raises(ConfigError, match=r"data\.datasets\.0\.weight = -1: Input should be greater than or equal to 0"):
         parse_config({"data": {"datasets": [{"path": "x", "weight": -1}]}})
     assert parse_config({"data": {"task": "corr"}}).data.task == "correspondence"  # canonical name
@@ -512,7 +515,7 @@ def test_fsdp_hybrid_config_is_understood_by_accelerate(monkeypatch):
     from accelerate.utils.launch import prepare_multi_gpu_env
     from transformers.models.qwen3_vl import modeling_qwen3_vl
 
-    path = ROOT / "configs" / "accelerate" / "fsdp-hybrid.yaml"
+    path = ROOT / "vlm3" / "configs" / "accelerate" / "fsdp-hybrid.yaml"
     args = launch_command_parser().parse_args(["--config_file", str(path), "-m", "vlm3.cli", "train", "x.yaml"])
     args, _, _ = _validate_launch_command(args)
     assert args.use_fsdp and args.fsdp_version == 2 and args.num_processes == 32

@@ -112,7 +112,7 @@ def test_two_processes_train_on_disjoint_rows(setup, launcher, tmp_path):
     if launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs/accelerate/cpu-2proc.yaml"),
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "vlm3/configs/accelerate/cpu-2proc.yaml"),
                "--main_process_port", str(free_port()), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env_with(rows), cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -3,7 +3,7 @@
 Every vlm3 config (training, benches, mixtures) is a pydantic model whose fields carry their
 description; unknown keys are errors, so a typo never silently falls back to a default::
 
-    cfg = load_yaml_model(Config, "configs/tiny-cpu.yaml", ["train.max_steps=100"])
+    cfg = load_yaml_model(Config, "vlm3/configs/tiny-cpu.yaml", ["train.max_steps=100"])
 
 Errors are :class:`ConfigError` (a ``ValueError``) whose message names the file and the field, e.g.
 ``configs/x.yaml: train.learning_rate = 0: Input should be greater than 0``.

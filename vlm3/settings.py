@@ -36,8 +36,8 @@ class Settings(BaseModel):
     Images are unified to ``focal`` px (``unify``; ``focal_axes`` says whether fx and fy both
     become ``focal`` or one scale focal / fx serves both axes), or resampled to ``resize_to`` =
     (W, H) (the no-unification ablation), or to a ``longest_side``; otherwise the native size is
-    kept. ``size_multiple`` crops/pads unified images to a multiple of the model's patch size so its
-    processor does not resize them again. ``profile`` names the wording, answer format and parser
+    kept. ``size_multiple`` pads unified images up to a multiple of the model's patch size (right
+    and bottom, never cropping) so its processor does not resize them again. ``profile`` names the wording, answer format and parser
     (``vlm3.profiles``); a profile other than ``vlm3`` fixes some of these fields per task.
     """
 
@@ -49,7 +49,7 @@ class Settings(BaseModel):
     focal_axes: Literal["xy", "x"] = Field("xy", description="xy: fx and fy both become focal; x: one scale focal / fx for both axes, sizes truncated (SpatialRGPT's object pipeline)")
     longest_side: PositiveInt | None = Field(None, description="when unify is false: one scale so that the longer side has this many pixels")
     pixel_convention: Literal["center", "index"] = Field("center", description="center: pixel i is at i + 0.5 before normalising (vlm3); index: at i, scaled with the image (the released checkpoints)")
-    size_multiple: int | None = Field(None, ge=1, description="unified sides rounded to this multiple (None: the model's patch multiple in training, none in evaluation)")
+    size_multiple: int | None = Field(None, ge=1, description="unified sides padded up to this multiple (None: the model's patch multiple in training, none in evaluation)")
     resize_to: tuple[PositiveInt, PositiveInt] | None = Field(None, description="[W, H] fixed size for every image when unify is false")
     n_coords: int = Field(DEFAULT_N_COORDS, ge=2, description="text coordinates in [0, n_coords)")
     depth_type: Literal["z", "range"] = Field("range", description='what "how far from the camera" means')

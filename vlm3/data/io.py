@@ -8,10 +8,13 @@ Layout of a prepared dataset folder::
       records/00001.jsonl
       images/...               # optional: materialised (e.g. focal-unified) images
 
-Image paths inside records are relative to ``manifest["image_root"]`` (absolute, or relative to
-the manifest's folder); a record's image path must itself be relative and without ``..``
-(``vlm3.data.images.record_image_path`` joins it with the root and refuses it otherwise). Shards are plain JSONL, so ``datasets.load_dataset("json", ...)`` reads
-them too.
+Image paths inside records are relative to ``manifest["image_root"]``: relative to the manifest's
+folder as ``vlm3 prepare`` writes it (``"."`` for images inside DST, ``"../src"`` for a source
+beside it), so a prepared folder can be moved or shared (together with its source when the root
+points outside it); absolute in manifests written before. A record's image path must itself be
+relative and without ``..`` (``vlm3.data.images.record_image_path`` joins it with the root and
+refuses it otherwise). Shards are plain JSONL; ``vlm3.data.hf.load_prepared`` reads any number of
+prepared folders into one ``datasets.Dataset`` (one schema, images as ``datasets.Image``).
 """
 
 from __future__ import annotations
@@ -83,10 +86,22 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
 
 
 def image_root(data_dir: str | Path, manifest: dict[str, Any] | None = None) -> Path:
-    """Folder that record image paths are relative to."""
+    """Folder that record image paths are relative to: ``manifest["image_root"]``, relative to
+    ``data_dir`` (or absolute, as older manifests store it).
+
+    A relative root that no longer exists (``data_dir`` moved without its source) falls back to
+    the absolute ``source.root`` the manifest recorded, when that folder still exists.
+    """
     manifest = read_manifest(data_dir) if manifest is None else manifest
     root = Path(manifest.get("image_root", "."))
-    return root if root.is_absolute() else (Path(data_dir) / root).resolve()
+    if root.is_absolute():
+        return root
+    resolved = (Path(data_dir) / root).resolve()
+    if resolved.is_dir() or root == Path("."):
+        return resolved
+    source = manifest.get("source")
+    recorded = Path(source["root"]) if isinstance(source, dict) and isinstance(source.get("root"), str) else None
+    return recorded if recorded is not None and recorded.is_absolute() and recorded.is_dir() else resolved
 
 
 def shard_paths(data_dir: str | Path) -> list[Path]:

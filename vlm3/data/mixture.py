@@ -12,7 +12,7 @@ A policy gives every dataset a share (shares sum to 1):
 Per-dataset overrides then adjust shares before renormalising: a number (or ``{weight: w}``)
 replaces the dataset's share by ``w``; ``{scale: s}`` multiplies it by ``s`` (down-weight a small,
 easily over-fitted set by hand). Weights may be any non-negative floats; only their ratios matter
-once every dataset has one. The VLM3 depth weights are in ``configs/mixture-paper-depth.yaml``.
+once every dataset has one. The VLM3 depth weights are in ``vlm3/configs/mixture-paper-depth.yaml``.
 
 Config file (``vlm3 mixture CONFIG.yaml``)::
 
@@ -217,9 +217,12 @@ class MixtureConfig(ConfigModel):
 
 
 def load_mixture_config(path: str | Path) -> MixtureConfig:
-    """Read and check a mixture YAML file; errors name the file and the field."""
+    """Read and check a mixture YAML file, or a shipped one by name (``mixture-paper-depth``);
+    errors name the file and the field."""
+    from vlm3.paths import shipped_config
+
     try:
-        return load_yaml_model(MixtureConfig, path)
+        return load_yaml_model(MixtureConfig, shipped_config(path))
     except ConfigError as e:
         raise MixtureError(str(e)) from None
 

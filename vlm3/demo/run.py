@@ -16,6 +16,7 @@ wall-clock each run took is reported beside them.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ import numpy as np
 from rich.console import Console
 
 from vlm3.data.io import image_root, read_records
+from vlm3.paths import DATA_ENV, DataPathError, describe_data_dir
 from vlm3.data.synth import generate, get_family
 from vlm3.eval.baselines import DepthLookups, identity_pose_direction
 from vlm3.ask import ask
@@ -40,7 +42,17 @@ from vlm3.tasks.pose import POSE, PosePrediction, pose_metrics
 from vlm3.tasks.samples import build_sample, load_images
 
 console = Console()
-IBIMS = Path(__file__).resolve().parents[3] / "shared" / "data" / "ibims1"
+
+
+def default_ibims_root() -> Path | None:
+    """``$VLM3_DATA/ibims1`` (``vlm3.paths``; unset: a source checkout's ../shared/data/ibims1), or
+    None when the setting names no folder at all (an installed vlm3 without VLM3_DATA)."""
+    from vlm3.paths import data_dir  # (not at module level: a parameter name below)
+
+    try:
+        return data_dir() / "ibims1"
+    except DataPathError:
+        return None
 
 
 @dataclass
@@ -62,7 +74,7 @@ class DemoConfig:
     learning_rate: float = 1.5e-3
     ibims_images: int = 20
     ibims_points: int = 20
-    ibims_root: Path = IBIMS
+    ibims_root: Path | None = field(default_factory=default_ibims_root)  # None: no iBims-1 rows
 
     @classmethod
     def quick(cls, **kw: Any) -> "DemoConfig":
@@ -125,7 +137,11 @@ def _make_data(cfg: DemoConfig) -> dict[str, Path]:
 
 def _ibims_heldout(cfg: DemoConfig, settings: Settings) -> HeldOut | None:
     """The first images/points of the real iBims-1 sample under ``settings`` (None when absent)."""
-    if not (cfg.ibims_root / "ibims1_val.jsonl").exists() or cfg.ibims_images <= 0:
+    if cfg.ibims_images <= 0:
+        return None
+    if cfg.ibims_root is None or not (cfg.ibims_root / "ibims1_val.jsonl").exists():
+        tried = "no data folder" if cfg.ibims_root is None else f"no {cfg.ibims_root / 'ibims1_val.jsonl'}"
+        _say_once(f"iBims-1 rows skipped: {tried} ({describe_data_dir()}); set {DATA_ENV} to the folder that holds ibims1/")
         return None
     from vlm3.data.adapters import AdapterOptions, get_adapter
     from vlm3.data.records import Record
@@ -141,6 +157,11 @@ def _ibims_heldout(cfg: DemoConfig, settings: Settings) -> HeldOut | None:
         if len(samples) >= cfg.ibims_images:
             break
     return HeldOut(samples, settings) if samples else None
+
+
+@functools.cache
+def _say_once(message: str) -> None:
+    console.print(message, style="yellow", soft_wrap=True, highlight=False, markup=False)
 
 
 def _pose_eval(backend, data_dir: Path, settings: Settings) -> tuple[dict, list]:
@@ -175,20 +196,21 @@ AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "MKL_ENABLE_I
 
 
 @contextmanager
-def pinned_numerics() -> Iterator[dict[str, Any]]:
-    """Fix the demo's numerics while it runs: :data:`DEMO_THREADS` torch threads and AVX2 kernels
+def pinned_numerics(n_threads: int = DEMO_THREADS) -> Iterator[dict[str, Any]]:
+    """Fix the demo's numerics while it runs: ``n_threads`` torch threads (:data:`DEMO_THREADS` unless
+    ``vlm3 demo --threads`` or ``VLM3_THREADS`` say otherwise, ``vlm3.threads``) and AVX2 kernels
     (set before torch's first kernel call). ``VLM3_DEMO_NUMERICS=native`` keeps the machine's own.
     Yields what is in force, for ``results.json``; the caller's thread count and environment are
     restored afterwards."""
     native = os.environ.get("VLM3_DEMO_NUMERICS") == "native"
     saved = {k: os.environ.get(k) for k in (*AVX2_KERNELS, "OMP_NUM_THREADS")}
     if not native:
-        os.environ.update({**AVX2_KERNELS, "OMP_NUM_THREADS": str(DEMO_THREADS)})
+        os.environ.update({**AVX2_KERNELS, "OMP_NUM_THREADS": str(n_threads)})
     import torch
 
     threads = torch.get_num_threads()
     if not native:
-        torch.set_num_threads(DEMO_THREADS)
+        torch.set_num_threads(n_threads)
     try:
         yield {"pinned": not native, "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     finally:
@@ -200,9 +222,9 @@ def pinned_numerics() -> Iterator[dict[str, Any]]:
                 os.environ[k] = v
 
 
-def run_demo(cfg: DemoConfig) -> dict[str, Any]:
-    """Run every stage and write the report; returns the results dictionary (also results.json)."""
-    with pinned_numerics() as numerics:
+def run_demo(cfg: DemoConfig, n_threads: int = DEMO_THREADS) -> dict[str, Any]:
+    """Run every stage (with ``n_threads`` torch threads) and write the report; returns the results dictionary (also results.json)."""
+    with pinned_numerics(n_threads) as numerics:
         return _run_demo(cfg, numerics)
 
 

@@ -7,7 +7,7 @@ A bench config::
     data:                             # exactly one of records / prepare / synth
       prepare:                        # converted once with `vlm3 prepare` into a cache folder
         adapter: depthlm-jsonl
-        root: ${VLM3_IBIMS1:-../../../shared/data/ibims1}   # env vars; relative to this file
+        root: ${VLM3_DATA}/ibims1     # env vars (VLM3_DATA: vlm3.paths); relative to this file
         options: {depth_type: z}
       # records: path/to/prepared     # a folder written by `vlm3 prepare` / `vlm3 synth`
       # synth: {family: fixed_rig, scenes: 16, seed: 1000, points: 10, matches: 20}
@@ -42,6 +42,7 @@ from pydantic import Field, PositiveInt, ValidationError, ValidationInfo, field_
 from vlm3.config import ConfigError, ConfigModel, read_yaml
 from vlm3.data.records import Record
 from vlm3.data.sampling import item_rng
+from vlm3.paths import BENCH_DIR, DATA_ENV, DataPathError, data_dir, describe_data_dir
 from vlm3.settings import ASK_FIELDS, Settings, validation_message
 from vlm3.tasks.base import UnknownTask, get_task
 from vlm3.tasks.pose import DEFAULT_PAIR_ORDER, PAIR_ORDERS
@@ -175,6 +176,7 @@ class Bench:
     max_new_tokens: int | None = None
     source: str = "<dict>"  # the config file, for messages
     scoring: dict[str, Any] = field(default_factory=dict)  # Task.metrics options (Scoring fields)
+    data_setting: str | None = None  # where ${VLM3_DATA} in a data path came from, for messages
 
     def spec_hash(self) -> str:
         """Hash of the data source: names the cache folder it is prepared into."""
@@ -182,12 +184,13 @@ class Bench:
 
 
 def bench_dir() -> Path:
-    """The repository's ``configs/bench`` folder (where named benches live)."""
-    return Path(__file__).resolve().parents[2] / "configs" / "bench"
+    """The shipped bench configs (``vlm3/configs/bench`` inside the package, where named benches live)."""
+    return BENCH_DIR
 
 
 def find_bench(name_or_path: str | Path) -> Path:
-    """A bench config file from a path, or a name looked up in ``configs/bench``."""
+    """A bench config file from a path, else a name: ``NAME.yaml`` among the shipped benches, then
+    in ``./configs/bench`` (a project's own)."""
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
@@ -195,11 +198,14 @@ def find_bench(name_or_path: str | Path) -> Path:
         if candidate.is_file():
             return candidate
     known = sorted(p.stem for p in bench_dir().glob("*.yaml")) if bench_dir().is_dir() else []
-    raise BenchError(f"bench {str(name_or_path)!r}: no such file and no configs/bench/{name_or_path}.yaml (known: {', '.join(known) or 'none'})")
+    raise BenchError(
+        f"bench {str(name_or_path)!r}: no such file, no shipped bench of that name in {bench_dir()} "
+        f"and no configs/bench/{name_or_path}.yaml here (known: {', '.join(known) or 'none'})"
+    )
 
 
 def load_bench(name_or_path: str | Path) -> Bench:
-    """Read and check a bench config file (or a name in ``configs/bench``)."""
+    """Read and check a bench config file (or a bench name, see :func:`find_bench`)."""
     path = find_bench(name_or_path)
     try:
         raw = read_yaml(path)
@@ -223,6 +229,10 @@ def bench_from_dict(raw: Any, path: str | Path | None = None) -> Bench:
         return str((base / _expand(value, where, name)).resolve())
 
     d = cfg.data
+    raw_paths = [d.records, d.prepare.root if d.prepare is not None else None]
+    data_setting = None
+    if any(p is not None and _uses_var(p, DATA_ENV) for p in raw_paths):
+        data_setting = describe_data_dir()
     if d.records is not None:
         data: dict[str, Any] = {"records": resolve(d.records, "data.records")}
     elif d.prepare is not None:
@@ -235,17 +245,30 @@ def bench_from_dict(raw: Any, path: str | Path | None = None) -> Bench:
     else:
         samples_path = base / f"{Path(path).stem}.samples.json" if path is not None else None
     scoring = {k: v for k, v in cfg.scoring.model_dump().items() if k in get_task(cfg.task).scoring_options}
-    return Bench(cfg.name, cfg.task, data, samples_path, cfg.seed, cfg.limits.records, cfg.limits.points, dict(cfg.settings), cfg.max_new_tokens, where, scoring)
+    return Bench(
+        cfg.name, cfg.task, data, samples_path, cfg.seed, cfg.limits.records, cfg.limits.points, dict(cfg.settings),
+        cfg.max_new_tokens, where, scoring, data_setting,
+    )
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+def _uses_var(text: str, var: str) -> bool:
+    return any(m.group(1) == var for m in _VAR.finditer(text))
+
+
 def _expand(text: str, where: str, name: str) -> str:
-    """``${NAME}`` / ``${NAME:-default}`` from the environment, then ``~``."""
+    """``${NAME}`` / ``${NAME:-default}`` from the environment, then ``~``. ``${VLM3_DATA}``
+    unset takes :func:`vlm3.paths.data_dir`'s default."""
 
     def sub(match: re.Match) -> str:
         value = os.environ.get(match.group(1))
+        if value is None and match.group(1) == DATA_ENV and match.group(2) is None:
+            try:
+                return str(data_dir())
+            except DataPathError as e:
+                raise BenchError(f"{where}: {name} uses ${{{DATA_ENV}}}: {e}") from None
         if value is None and match.group(2) is None:
             raise BenchError(f"{where}: {name} uses ${{{match.group(1)}}}, which is not set")
         return value if value is not None else match.group(2)
@@ -268,7 +291,8 @@ def resolve_data(bench: Bench, cache_dir: str | Path, *, progress: bool = True) 
     if "records" in bench.data:
         folder = Path(bench.data["records"])
         if not (folder / MANIFEST).is_file():
-            raise BenchError(f"{bench.source}: data.records = {folder} is not a prepared dataset (no {MANIFEST})")
+            hint = f" ({bench.data_setting})" if bench.data_setting else ""
+            raise BenchError(f"{bench.source}: data.records = {folder} is not a prepared dataset (no {MANIFEST}){hint}")
         return folder
     folder = Path(cache_dir) / f"{bench.name}-{bench.spec_hash()}"
     if (folder / MANIFEST).is_file():
@@ -288,7 +312,8 @@ def _prepare(bench: Bench, folder: Path, progress: bool) -> None:
 
     spec = bench.data["prepare"]
     if not Path(spec["root"]).exists():
-        raise BenchError(f"{bench.source}: data.prepare.root = {spec['root']} does not exist")
+        hint = f" ({bench.data_setting}; set {DATA_ENV} to the folder that holds the data)" if bench.data_setting else ""
+        raise BenchError(f"{bench.source}: data.prepare.root = {spec['root']} does not exist{hint}")
     opts = PrepareOptions(points=spec["points"], seed=spec["seed"], split=spec["split"], options=dict(spec["options"]))
     try:
         report = prepare(spec["adapter"], spec["root"], folder, opts, progress=progress, console=Console(stderr=True))

@@ -60,9 +60,10 @@ def build_heldout(data_dir: str | Path, settings: Settings, max_points: int | No
 def common_points(heldouts: Sequence[HeldOut]) -> list[HeldOut]:
     """The same held-out sets restricted to the labels that every one of them kept.
 
-    Arms with different view transforms can lose different edge labels (rounding a unified size to
-    the patch multiple crops at most half a patch at the right and bottom); comparing arms on
-    different points would not be fair, so each is scored on the shared labels only.
+    Unification pads rather than crops (``geometry/unify.py``), so arms normally keep every label;
+    only a label that distortion moves off the canvas is not asked, and that can differ between
+    arms with different view transforms. Comparing arms on different points would not be fair, so
+    each is scored on the shared labels only (a no-op when every arm asked every label).
     """
     keys = [{(s.record_id, q.label) for s in h.samples for q in s.queries} for h in heldouts]
     shared = set.intersection(*keys) if keys else set()

@@ -1,11 +1,19 @@
 """Metrics, ``metrics.json``, ``report.md`` and plots of an evaluation's prediction lines.
 
-Metrics come from the task (``Task.metrics``) on the prediction lines; every task's result has
-``n`` (questions scored), ``parsed`` (the parser found an answer), ``failed`` (no usable
-prediction: unparsed, or for depth a non-positive value; failures count as wrong in every share),
+Metrics come from the task (``Task.metrics``) on the prediction lines of ALL labels; every task's
+result has ``n`` (labels scored: every label of the list), ``parsed`` (the parser found an
+answer), ``failed`` (no usable prediction: not asked, unparsed, or for depth a non-positive value),
 ``truncated`` (answers cut off at the token limit, or lacking the required closing text: never
-parsed, so part of ``failed``) and ``skipped`` (labels outside the transformed image, not
-scored). With several datasets in one bench, ``by_dataset`` repeats the metrics per dataset.
+parsed, so part of ``failed``), and the label accounting: ``labels`` (= ``n``), ``asked`` (put to
+the model), ``not_asked`` (never asked: the view transform cannot show them, see
+``vlm3.data.unify``; part of ``failed``) and ``not_asked_reasons`` ({reason code: count}).
+
+A label that was not asked is scored exactly like an answer that did not parse (``pred`` null):
+depth δ1/δ2/δ3 count it as a miss (the shares are over all labels), while AbsRel / SqRel / RMSE /
+log10 average over usable answers only, so they leave it out (it is in ``failed``: read them
+together); correspondence PCK@k counts it as a miss and EPE (a mean of finite errors) leaves it
+out. Pose pairs and object questions are always asked (their boxes are clipped to the canvas).
+With several datasets in one bench, ``by_dataset`` repeats the metrics and counts per dataset.
 
 Plots (``plots/``, PNG, drawn with matplotlib's object API so no global pyplot state is touched):
 the task's own summary plots (``Task.plots``) and a few examples drawn on the original images
@@ -34,22 +42,39 @@ N_EXAMPLES = 3
 
 
 def compute_metrics(task: str | Task, lines: list[dict[str, Any]], options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Task metrics of prediction lines (skipped lines are counted, not scored).
+    """Task metrics of the prediction lines of all labels, not-asked ones scored as failures.
 
-    ``options`` go to ``Task.metrics`` (e.g. ``pair_order``, ``n_coords``, ``views``).
+    ``options`` go to ``Task.metrics`` (e.g. ``pair_order``, ``n_coords``, ``views``). A line an
+    older vlm3 wrote as ``skipped`` has no ground truth: it is not scored (``labels`` and
+    ``not_asked`` still count it, under reason ``skipped``); ``vlm3 eval`` asks such labels again.
     """
     task = get_task(task)
     scored = [line for line in lines if "skipped" not in line]
     out = _task_metrics(task, scored, options)
-    out["skipped"] = len(lines) - len(scored)
-    datasets = sorted({line.get("dataset", "") for line in scored})
+    out.update(label_counts(lines))
+    datasets = sorted({line.get("dataset", "") for line in lines})
     if len(datasets) > 1:
-        out["by_dataset"] = {d: _task_metrics(task, [line for line in scored if line.get("dataset", "") == d], options) for d in datasets}
+        out["by_dataset"] = {}
+        for d in datasets:
+            sub = [line for line in lines if line.get("dataset", "") == d]
+            out["by_dataset"][d] = {**_task_metrics(task, sub, options), **label_counts(sub)}
     return out
+
+
+def label_counts(lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """``labels``, ``asked``, ``not_asked`` and ``not_asked_reasons`` ({reason code: count}) of prediction lines."""
+    reasons: dict[str, int] = {}
+    for line in lines:
+        why = line.get("not_asked") or ("skipped" if "skipped" in line else None)
+        if why is not None:
+            reasons[str(why)] = reasons.get(str(why), 0) + 1
+    missing = sum(reasons.values())
+    return {"labels": len(lines), "asked": len(lines) - missing, "not_asked": missing, "not_asked_reasons": dict(sorted(reasons.items()))}
 
 
 def _task_metrics(task: Task, lines: list[dict[str, Any]], options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The task's metrics with ``truncated`` (lines marked so; older lines lack the key) after ``failed``."""
+    lines = [line for line in lines if "skipped" not in line]
     m = task.metrics(lines, options=options) if lines else {"n": 0, "parsed": 0, "failed": 0}
     truncated = sum(bool(line.get("truncated")) for line in lines)
     out: dict[str, Any] = {}
@@ -100,9 +125,10 @@ def report_markdown(task: str | Task, content: dict[str, Any], lines: list[dict[
     task = get_task(task)
     key = task.headline
     md = [f"# {bench.get('name', task.name)}: {task.name}", ""]
-    md.append(f"**{key} = {_fmt(m.get(key))}** on {m.get('n', 0)} questions; {m.get('parsed', 0)} parsed, "
-              f"{m.get('failed', 0)} failed (counted wrong; {m.get('truncated', 0)} of them truncated at the token limit), "
-              f"{m.get('skipped', 0)} skipped.")
+    md.append(f"**{key} = {_fmt(m.get(key))}** over all {m.get('labels', m.get('n', 0))} labels: {m.get('asked', m.get('n', 0))} asked, "
+              f"{not_asked_text(m)}; {m.get('parsed', 0)} parsed, "
+              f"{m.get('failed', 0)} failed (counted wrong; {m.get('truncated', 0)} of them truncated at the token limit"
+              f"{', ' + str(m.get('not_asked')) + ' of them not asked' if m.get('not_asked') else ''}).")
     md += ["", f"- model: `{model.get('spec')}` ({model.get('backend')}), settings from: {model.get('settings_from') or 'bench config / defaults'}"]
     md.append(f"- bench list: `{bench.get('samples')}` ({bench.get('samples_hash')}), seed {bench.get('seed')}, "
               f"{bench.get('records')} of {bench.get('records_in_list')} records" + (f", first {bench.get('limit_points')} points each" if bench.get("limit_points") else ""))
@@ -118,20 +144,36 @@ def report_markdown(task: str | Task, content: dict[str, Any], lines: list[dict[
     md += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
     md += [f"| {name} | {_fmt(value)} |" for name, value in flat_metrics(m) if not name.startswith("by_dataset/")]
     if "by_dataset" in m:
-        md += ["", "### By dataset", "", "| dataset | n | failed | truncated | " + key + " |", "|---|---|---|---|---|"]
-        md += [f"| {d} | {dm.get('n')} | {dm.get('failed')} | {dm.get('truncated', 0)} | {_fmt(dm.get(key))} |" for d, dm in m["by_dataset"].items()]
+        md += ["", "### By dataset", "", "| dataset | labels | not asked | failed | truncated | " + key + " |", "|---|---|---|---|---|---|"]
+        md += [f"| {d} | {dm.get('labels', dm.get('n'))} | {dm.get('not_asked', 0)} | {dm.get('failed')} | {dm.get('truncated', 0)} | {_fmt(dm.get(key))} |"
+               for d, dm in m["by_dataset"].items()]
     md += ["", "## Settings", "", "| setting | value | from |", "|---|---|---|"]
     sources = content.get("settings_source", {})
     md += [f"| {k} | {val} | {sources.get(k, '')} |" for k, val in content.get("settings", {}).items() if k != "task"]
-    failed = [line for line in lines if "skipped" not in line and not line.get("parsed")]
+    failed = [line for line in lines if "skipped" not in line and "not_asked" not in line and not line.get("parsed")]
     if failed:
         md += ["", f"## Unparsed answers ({len(failed)})", ""]
         md += [f"- `{line['key']}`" + (" (truncated at the token limit)" if line.get("truncated") else "") + f": {json.dumps(line.get('raw', '')[:120])}"
                for line in failed[:5]]
+    unasked = [line for line in lines if "not_asked" in line]
+    if unasked:
+        from vlm3.data.unify import NOT_ASKED
+
+        md += ["", f"## Labels not asked ({len(unasked)}; scored as failures, the same for every model)", ""]
+        md += [f"- `{line['key']}`: {NOT_ASKED.get(line['not_asked'], line['not_asked'])}" for line in unasked[:5]]
     if figures:
         md += ["", "## Figures", ""]
         md += [f"![{title}]({PLOTS}/{name})" for name, title in figures]
     return "\n".join(md) + "\n"
+
+
+def not_asked_text(m: dict[str, Any]) -> str:
+    """"0 not asked" or "3 not asked (3 outside the undistorted image (...))" for a metrics dict."""
+    from vlm3.data.unify import NOT_ASKED
+
+    reasons = m.get("not_asked_reasons") or {}
+    detail = ", ".join(f"{n} {NOT_ASKED.get(code, code)}" for code, n in reasons.items())
+    return f"{m.get('not_asked', 0)} not asked" + (f" ({detail})" if detail else "")
 
 
 def _fmt(value: Any) -> str:

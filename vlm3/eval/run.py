@@ -15,8 +15,14 @@ Each line of ``predictions.jsonl``: ``key`` ("<record id>#<label>"), ``record``,
 question 40, ``pair``), ``dataset``, ``question``, ``raw`` (the model's answer), ``parsed``,
 ``truncated`` (the answer was cut off at max_new_tokens: a failure, ``pred`` null; see
 :mod:`vlm3.ask`), ``pred`` and ``gt`` (in the task's units, original image frame; see each task
-class in ``vlm3.tasks``), and the task's fields. Labels that fall outside the transformed image
-(possible only when ``size_multiple`` crops) are written with ``skipped`` and left out.
+class in ``vlm3.tasks``), and the task's fields.
+
+Every label of the sample list is scored, for every model. A label the view transform cannot show
+(``vlm3.data.unify``: only lens distortion moving it off the canvas; ``size_multiple`` pads) is
+never asked: its line has ``not_asked`` (the reason code, ``vlm3.data.unify.NOT_ASKED``), ``pred``
+null, ``parsed`` false, its ``gt`` and the task's fields, and it counts as a failure in every
+metric. Which labels are not asked depends on the data and the settings only, so two models asked
+with the same settings are scored on the same labels.
 """
 
 from __future__ import annotations
@@ -38,11 +44,13 @@ from vlm3.models.backend import Backend, open_backend, spec_name
 from vlm3.profiles import ProfileError, model_ids, profile_hash, task_profile
 from vlm3.settings import Settings, SettingsError, model_settings_for, served_settings, settings_for_model
 from vlm3.tasks.base import Task, get_task
-from vlm3.tasks.samples import build_sample, load_images
+from vlm3.tasks.samples import NotAsked, Sample, build_sample, load_images
 
 PREDICTIONS = "predictions.jsonl"
 RUN_HEADER = "run.json"
 METRICS = "metrics.json"
+#: How a unified canvas meets ``size_multiple`` (``run.json``): padded up, never cropped.
+CANVAS = "padded up to size_multiple"
 
 
 class EvalError(RuntimeError):
@@ -186,9 +194,13 @@ def run_eval(
             "profile": {"name": settings.profile, "hash": profile_hash(settings, task)},
             "max_new_tokens": max_new,
         }
+        if settings.unify and settings.size_multiple:
+            # Older vlm3 cropped such canvases (other text coordinates): their answers are not reused.
+            header["canvas"] = CANVAS
         _check_header(out, header, overwrite)
-        # A question whose request failed (the server was down) is asked again, not kept.
-        cached = {k: line for k, line in read_predictions(out / PREDICTIONS).items() if not line.get("error")}
+        # A question whose request failed (the server was down) is asked again, not kept; so is a
+        # label an older vlm3 "skipped" without scoring it (it is now asked, or scored as not asked).
+        cached = {k: line for k, line in read_predictions(out / PREDICTIONS).items() if not line.get("error") and "skipped" not in line}
         entries = samples.entries[:limit]
         root = image_root(data_dir)
         total = samples.n_queries(limit, limit_points)
@@ -242,7 +254,7 @@ def run_eval(
             "run": {
                 "seconds": round(seconds, 3), "queries": len(ordered), "computed": computed, "cached": reused,
                 "backend_calls": calls, "queries_per_s": round(computed / seconds, 3) if seconds > 0 and computed else None,
-                "batch_size": batch_size,
+                "batch_size": batch_size if batch_size is not None else _batch_setting(backend),
             },
         }
         proc = info["model"]["processor"]
@@ -306,7 +318,7 @@ def _answer_entry(
         sample = build_sample(record, images, task, settings, labels=labels)
     except ValueError as e:
         raise EvalError(f"record {record.id}: {e}") from None
-    if labels is not None and len(sample.queries) + len(sample.dropped) != len(labels):
+    if labels is not None and len(sample.queries) + len(sample.not_asked) != len(labels):
         raise EvalError(f"record {record.id}: {len(sample.queries)} questions for {len(labels)} listed labels; the sample list does not fit the data")
     done = {q.label for q in sample.queries if f"{record.id}#{task.label_key(q.label)}" in cached}
     try:
@@ -314,11 +326,29 @@ def _answer_entry(
     except AskError as e:
         raise EvalError(str(e)) from None
     lines = [a.line(sample) for a in answers]
-    for label in sample.dropped:
-        key = task.label_key(label)
-        if f"{record.id}#{key}" not in cached:
-            lines.append({"key": f"{record.id}#{key}", "record": record.id, "label": key, "dataset": record.dataset, "skipped": "outside the transformed image"})
+    lines += [line for line in (not_asked_line(sample, item) for item in sample.not_asked) if line["key"] not in cached]
     return lines, len(answers)
+
+
+def not_asked_line(sample: Sample, item: NotAsked) -> dict[str, Any]:
+    """The prediction line of a label that was never asked: a failure (``pred`` null) with its
+    ground truth, the task's fields and ``not_asked`` = the reason code."""
+    task = get_task(sample.task)
+    key = task.label_key(item.label)
+    return {
+        "key": f"{sample.record_id}#{key}", "record": sample.record_id, "label": key, "dataset": sample.dataset,
+        "not_asked": item.reason, "parsed": False, "truncated": False, "pred": None, "gt": item.query.gt, **item.query.fields,
+    }
+
+
+def _batch_setting(backend: Backend) -> int | str | None:
+    """The backend's batch when none was asked for: its fixed batch or requests in flight, or
+    "auto" (a local model's ``query_many`` chooses it from memory per image)."""
+    for attr in ("batch_size", "max_concurrency"):
+        value = getattr(backend, attr, None)
+        if isinstance(value, int):
+            return value
+    return "auto" if hasattr(backend, "query_batch_size") else None
 
 
 def _set_batch_size(backend: Backend, batch_size: int) -> None:

@@ -25,6 +25,6 @@ from vlm3.geometry.pose import (
     transform_points,
     ypr_to_rotation,
 )
-from vlm3.geometry.unify import FocalTransform, UnifiedImage, resize_exact, unified_intrinsics, unify_focal, warp_depth
+from vlm3.geometry.unify import FocalTransform, UnifiedImage, pad_to_multiple, resize_exact, unified_intrinsics, unify_focal, warp_depth
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -16,18 +16,36 @@ Depth conventions
 - ``"z"``: z-depth, the coordinate along the optical axis (what most depth maps store).
 - ``"range"``: Euclidean distance from the camera centre, sqrt(X^2 + Y^2 + Z^2). The VLM3 prompt
   "how far is the pixel ... from the camera" asks for range.
+
+Uncalibrated images
+-------------------
+:func:`estimate_uncalibrated` gives an ESTIMATE (square pixels, principal point at the image
+centre), never presented as a calibration: the EXIF focal length when the image has a usable one,
+else a field-of-view guess (:data:`HFOV_GUESS_DEG`). Sizes are those of the DISPLAYED image (EXIF
+orientation applied, see :mod:`vlm3.data.images`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from vlm3.data.images import ImageExif
+
 DepthType = Literal["z", "range"]
 DEPTH_TYPES: tuple[str, ...] = ("z", "range")
+
+HFOV_GUESS_DEG = 60.0
+"""Horizontal field of view (degrees) guessed for an image with no calibration and no usable EXIF focal."""
+FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)
+"""Diagonal of a 36 x 24 mm film frame (43.27 mm): the reference of 35 mm-equivalent focal lengths."""
+FOCAL_PLANE_UNIT_MM: dict[int, float] = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}
+"""EXIF FocalPlaneResolutionUnit -> millimetres: 2 inch (the EXIF default when absent), 3 cm, 4 mm, 5 um."""
+EstimateSource = Literal["exif_35mm", "exif_focal_plane", "fov_guess"]
 
 
 @dataclass(frozen=True)
@@ -179,3 +197,136 @@ def depth_map_to_points(K: Intrinsics, depth: np.ndarray, depth_type: DepthType 
     jj, ii = np.mgrid[0:h, 0:w]
     uv = np.stack([ii.ravel() + 0.5, jj.ravel() + 0.5], axis=1)
     return backproject(K, uv, depth.ravel(), depth_type).reshape(h, w, 3)
+
+
+# --- uncalibrated images ------------------------------------------------------------------------
+
+
+def intrinsics_from_hfov(width: int, height: int, hfov_deg: float = HFOV_GUESS_DEG) -> Intrinsics:
+    """Square pixels with a ``hfov_deg`` horizontal field of view, principal point at the image
+    centre: fx = fy = (W / 2) / tan(hfov / 2) pixels. ValueError outside (1, 179) degrees."""
+    if not 1.0 < hfov_deg < 179.0:
+        raise ValueError(f"horizontal field of view must be in (1, 179) degrees, got {hfov_deg}")
+    f = (width / 2) / math.tan(math.radians(hfov_deg) / 2)
+    return Intrinsics(f, f, width / 2, height / 2, width, height)
+
+
+def focal_px_from_35mm(focal_35mm: float, width: int, height: int) -> float:
+    """Focal length in pixels from a 35 mm-equivalent focal length (mm), by its definition on the
+    DIAGONAL: the image's diagonal sees the angle a 36 x 24 mm frame's diagonal (43.27 mm) sees at
+    ``focal_35mm``, so f_px = f35 * sqrt(W^2 + H^2) / sqrt(36^2 + 24^2), W x H the displayed image in pixels."""
+    return focal_35mm * math.hypot(width, height) / FULL_FRAME_DIAGONAL_MM
+
+
+@dataclass(frozen=True)
+class IntrinsicsEstimate:
+    """Intrinsics estimated for an uncalibrated image, and how.
+
+    ``source``: "exif_35mm" (EXIF FocalLengthIn35mmFilm), "exif_focal_plane" (EXIF FocalLength
+    with FocalPlaneXResolution / FocalPlaneResolutionUnit) or "fov_guess" (a horizontal field of
+    view); ``basis``: the values used, in words (e.g. "EXIF FocalLengthIn35mmFilm=26 mm");
+    ``fallback``: for "fov_guess", why no EXIF focal was used (None when a field of view was asked for)."""
+
+    K: Intrinsics
+    source: EstimateSource
+    basis: str
+    fallback: str | None = None
+
+    def message(self) -> str:
+        """One line for the user: the estimate, its basis and that it is not a calibration."""
+        K, why = self.K, f" ({self.fallback})" if self.fallback else ""
+        if self.source == "fov_guess":
+            head = f"intrinsics guessed, not calibrated: fx = fy = {K.fx:.1f} px ({self.basis}){why}"
+        else:
+            head = f"intrinsics estimated from {self.basis}: fx=fy={K.fx:.1f} px, not calibrated"
+        return head + ", principal point at the image centre. Metric outputs (depths, distances, point clouds) scale with this estimate."
+
+    def to_dict(self) -> dict[str, Any]:
+        """What output files record: source, basis, fallback reason and the intrinsics (OpenCV cx, cy)."""
+        K = self.K
+        return {"source": self.source, "basis": self.basis, "fallback": self.fallback,
+                "fx": K.fx, "fy": K.fy, "cx": K.cx - 0.5, "cy": K.cy - 0.5, "width": K.width, "height": K.height}
+
+
+def estimate_uncalibrated(width: int, height: int, exif: ImageExif | None = None, *, hfov_deg: float | None = None) -> IntrinsicsEstimate:
+    """Intrinsics ESTIMATE for an uncalibrated ``width`` x ``height`` image (displayed pixels).
+
+    Given ``hfov_deg``: that field of view, EXIF not used. Otherwise, from ``exif``
+    (:func:`vlm3.data.images.read_exif` of the file), in order:
+
+    1. FocalLengthIn35mmFilm (mm) by :func:`focal_px_from_35mm` (diagonal definition; valid for a
+       resized image too);
+    2. FocalLength (mm) x FocalPlaneXResolution (sensor pixels per FocalPlaneResolutionUnit, default
+       inch) / unit (mm), i.e. sensor pixels per mm; FocalPlaneYResolution for the displayed x of
+       orientations 5-8; scaled by ``width`` / the file's displayed width when the image was resized
+       since. This assumes the file has the resolution the camera recorded;
+    3. a :data:`HFOV_GUESS_DEG` field-of-view guess, with ``fallback`` saying why 1 and 2 were not usable
+       (absent, zero, not a number, a unit that is not a length, or a horizontal field of view
+       outside (1, 179) degrees).
+
+    Square pixels (fx = fy) and the principal point at the image centre in every case.
+    """
+    if hfov_deg is not None:
+        return IntrinsicsEstimate(intrinsics_from_hfov(width, height, hfov_deg), "fov_guess", f"{hfov_deg:g} degree horizontal field of view")
+    reasons: list[str] = []
+    if exif is None:
+        reasons.append("no EXIF read")
+    else:
+        reasons += exif.problems
+        found = _exif_focal(width, height, exif, reasons)
+        if found is not None:
+            return found
+    return IntrinsicsEstimate(intrinsics_from_hfov(width, height), "fov_guess", f"{HFOV_GUESS_DEG:g} degree horizontal field of view",
+                              "; ".join(reasons) or "no EXIF focal length")
+
+
+def _exif_focal(width: int, height: int, exif: ImageExif, reasons: list[str]) -> IntrinsicsEstimate | None:
+    """The EXIF-based estimate (steps 1-2 of :func:`estimate_uncalibrated`), or None with ``reasons``."""
+    f35 = exif.focal_length_35mm
+    if f35 is not None:
+        basis = f"EXIF FocalLengthIn35mmFilm={f35:g} mm"
+        if not (math.isfinite(f35) and f35 > 0):
+            reasons.append(f"{basis} is not a focal length (0 means unknown)" if f35 == 0 else f"{basis} is not a positive number")
+        else:
+            f = focal_px_from_35mm(f35, width, height)
+            if _plausible(f, width, basis, reasons):
+                return IntrinsicsEstimate(Intrinsics(f, f, width / 2, height / 2, width, height), "exif_35mm", basis + " (35 mm-equivalent on the image diagonal)")
+    fmm = exif.focal_length_mm
+    if fmm is None:
+        if f35 is None:
+            reasons.append("no EXIF focal length")
+        return None
+    basis = f"EXIF FocalLength={fmm:g} mm"
+    if not (math.isfinite(fmm) and fmm > 0):
+        reasons.append(f"{basis} is not a positive focal length")
+        return None
+    turned = exif.orientation >= 5  # displayed x runs along the stored raster's y
+    res = exif.focal_plane_y_resolution if turned and exif.focal_plane_y_resolution is not None else exif.focal_plane_x_resolution
+    res_name = "FocalPlaneYResolution" if turned and exif.focal_plane_y_resolution is not None else "FocalPlaneXResolution"
+    if res is None:
+        reasons.append(f"{basis} but no {res_name} (sensor size unknown)")
+        return None
+    unit = 2 if exif.focal_plane_resolution_unit is None else exif.focal_plane_resolution_unit
+    basis += f", {res_name}={res:g} per {({2: 'inch', 3: 'cm', 4: 'mm', 5: 'um'}).get(unit, f'unit {unit:g}')}"
+    if not (math.isfinite(res) and res > 0):
+        reasons.append(f"{basis}: the resolution is not a positive number")
+        return None
+    if unit not in FOCAL_PLANE_UNIT_MM:
+        reasons.append(f"{basis}: FocalPlaneResolutionUnit={unit:g} is not a length unit (2 inch, 3 cm, 4 mm, 5 um)")
+        return None
+    f = fmm * res / FOCAL_PLANE_UNIT_MM[unit]
+    if width != exif.size[0]:
+        f *= width / exif.size[0]
+        basis += f", scaled by {width}/{exif.size[0]} px"
+    if not _plausible(f, width, basis, reasons):
+        return None
+    return IntrinsicsEstimate(Intrinsics(f, f, width / 2, height / 2, width, height), "exif_focal_plane", basis)
+
+
+def _plausible(f: float, width: int, basis: str, reasons: list[str]) -> bool:
+    """A focal length in pixels whose horizontal field of view is in (1, 179) degrees."""
+    hfov = math.degrees(2 * math.atan(width / (2 * f))) if math.isfinite(f) and f > 0 else math.nan
+    if not 1.0 < hfov < 179.0:
+        reasons.append(f"{basis} gives fx = {f:g} px, a {hfov:.3g} degree horizontal field of view (outside 1..179)")
+        return False
+    return True

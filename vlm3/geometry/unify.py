@@ -7,15 +7,22 @@ Metric depth, 3D distances and poses are unchanged; pixel labels move with u' = 
 
 The warp is one exact affine map in the corner-origin pixel convention (see ``camera.py``):
 u' = sx * u, v' = sy * v, so the new focal lengths equal the target exactly (no rounding of the
-scale to whole output sizes). The output canvas is round(W * sx) x round(H * sy), or, with
-``size_multiple``, that size rounded to a multiple (e.g. the VLM's patch size, so that its
-processor does not resize again); the canvas then crops or pads at the right and bottom only,
-which leaves cx, cy unchanged. With lens distortion coefficients, OpenCV undistorts in the same
-resampling (``cv2.initUndistortRectifyMap`` with the target camera as the new camera matrix).
+scale to whole output sizes). The output canvas is round(W * sx) x round(H * sy) pixels (the
+released checkpoints' sizes), or, with ``size_multiple``, the exact size W * sx x H * sy rounded
+UP to that multiple (e.g. the VLM's patch size, so that its processor does not resize again):
+the canvas is then padded (black) at the right and bottom only, never cropped, which leaves cx, cy
+unchanged and keeps every pixel of the original image, so no label is ever lost to the rounding
+(:func:`pad_to_multiple`). Without a multiple the canvas may fall short of the exact extent by
+less than one pixel (rounding, or the truncation of ``axes="x"``); a label in that sliver is still
+asked, at the last pixel (``vlm3.data.unify``). With lens distortion coefficients, OpenCV
+undistorts in the same resampling (``cv2.initUndistortRectifyMap`` with the target camera as the
+new camera matrix); the undistorted image can then reach beyond the canvas (barrel distortion),
+and labels there cannot be shown to the model.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import cv2
@@ -97,7 +104,8 @@ class UnifiedImage:
 
 
 def unified_intrinsics(K: Intrinsics, target: float, size_multiple: int | None = None, axes: str = "xy") -> Intrinsics:
-    """Intrinsics of the unified image: fx = fy = target, cx, cy scaled, size rounded (see module doc).
+    """Intrinsics of the unified image: fx = fy = target, cx, cy scaled, size rounded, or padded up
+    to ``size_multiple`` (see module doc).
 
     ``axes="x"`` scales both axes by target / fx alone (fy becomes fy * target / fx) and truncates
     the sizes, as SpatialRGPT's object pipeline (and the released VLM3-object) does.
@@ -114,11 +122,23 @@ def unified_intrinsics(K: Intrinsics, target: float, size_multiple: int | None =
     sx, sy = target / K.fx, target / K.fy
     w, h = max(1, round(K.width * sx)), max(1, round(K.height * sy))
     if size_multiple:
-        if size_multiple < 1:
-            raise ValueError(f"size_multiple must be >= 1, got {size_multiple}")
-        w = max(size_multiple, round(K.width * sx / size_multiple) * size_multiple)
-        h = max(size_multiple, round(K.height * sy / size_multiple) * size_multiple)
+        w, h = pad_to_multiple(K.width * sx, size_multiple), pad_to_multiple(K.height * sy, size_multiple)
     return Intrinsics(target, target, K.cx * sx, K.cy * sy, w, h)
+
+
+def pad_to_multiple(extent: float, multiple: int) -> int:
+    """The canvas side (pixels) for an exact scaled side of ``extent`` pixels: the smallest multiple
+    of ``multiple`` that holds it (padding, never cropping), at least one multiple.
+
+    An extent within 1e-6 px above a multiple (floating-point noise of W * target / fx) counts as
+    that multiple. Example: 160.1 px at multiple 28 -> 168; 120.4 -> 140; 168.0 -> 168.
+    """
+    if isinstance(multiple, bool) or int(multiple) != multiple or multiple < 1:
+        raise ValueError(f"size_multiple must be a whole number >= 1, got {multiple!r}")
+    if not (math.isfinite(extent) and extent > 0):
+        raise ValueError(f"image extent must be a positive number of pixels, got {extent!r}")
+    m = int(multiple)
+    return m * max(1, math.ceil(extent / m - 1e-6 / m))
 
 
 def unify_focal(
@@ -140,7 +160,8 @@ def unify_focal(
         target: the unified focal length in pixels (the paper's is ``vlm3.settings.DEFAULT_FOCAL_PX``).
         dist: optional OpenCV distortion coefficients (k1, k2, p1, p2[, k3, ...]) of ``image``;
             the unified image is then undistorted as well.
-        size_multiple: round the output size to this multiple (padding/cropping right and bottom).
+        size_multiple: pad the output size up to this multiple (at the right and bottom; see
+            :func:`pad_to_multiple`): every pixel of ``image`` stays in view.
         antialias: Gaussian pre-filter when shrinking, so that downscaling does not alias.
         interpolation: ``"linear"``, ``"cubic"`` or ``"nearest"`` (use nearest for label maps;
             see :func:`warp_depth`).

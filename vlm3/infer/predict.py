@@ -6,8 +6,10 @@ transform: focal unification to ``settings.focal`` with the given intrinsics), a
 :class:`~vlm3.tasks.base.Query` objects through :func:`vlm3.ask.ask`, and gets the task's typed
 answers back in the ORIGINAL image's pixel frame and camera frame (X right, Y down, Z forward, metres).
 
-Intrinsics are required: metric answers depend on them. :func:`estimate_intrinsics` is a plain
-guess (60 degree horizontal field of view, principal point at the centre) for uncalibrated images.
+Intrinsics are required: metric answers depend on them. For uncalibrated image files
+:func:`estimate_image_intrinsics` estimates them from the EXIF focal length, else guesses a 60 degree
+horizontal field of view (:func:`estimate_intrinsics`), and says which; principal point at the centre.
+Pixels refer to the DISPLAYED image (EXIF orientation applied, :mod:`vlm3.data.images`).
 
 Pixels: the Python API uses vlm3's convention (continuous (x, y), origin at the top-left CORNER,
 pixel (i, j) centred at (i + 0.5, j + 0.5)); the command line and the files it writes use the
@@ -17,7 +19,6 @@ OpenCV one (integer (x, y) = centre of that pixel): :func:`from_cli_pixels` / :f
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +28,10 @@ import numpy as np
 from PIL import Image
 
 from vlm3.ask import TRUNCATED, UNPARSED, Answer, ask
-from vlm3.data.images import open_rgb
+from vlm3.data.images import open_rgb, oriented, read_exif
 from vlm3.data.records import Record, View
-from vlm3.geometry.camera import Intrinsics, backproject, convert_depth
+from vlm3.data.unify import NOT_ASKED, not_asked_reasons
+from vlm3.geometry.camera import HFOV_GUESS_DEG, Intrinsics, IntrinsicsEstimate, backproject, convert_depth, estimate_uncalibrated, intrinsics_from_hfov
 from vlm3.models.backend import Backend
 from vlm3.settings import ASK_FIELDS, Settings
 from vlm3.tasks.base import Query, Task
@@ -49,9 +51,11 @@ from vlm3.tasks.pose import POSE, pose_query
 from vlm3.tasks.samples import Sample, transform_views
 from vlm3.textref import encode_box, format_box
 
-HFOV_GUESS_DEG = 60.0
-#: Why a depth point has no answer when it was not asked (a ``size_multiple`` crop cut it off).
-OUTSIDE_VIEW = "outside the model's view"
+#: How a point that was never asked is shown (``failure``): "not asked: " + the reason in words
+#: (``vlm3.data.unify.NOT_ASKED``). Unified views pad rather than crop, so a point of the image is
+#: always asked unless lens distortion moves it off the canvas.
+NOT_ASKED_PREFIX = "not asked: "
+OUTSIDE_VIEW = NOT_ASKED_PREFIX + NOT_ASKED["outside_image"]
 #: Why a depth answer that parsed is still no depth.
 NOT_POSITIVE = "not a positive depth"
 ImageInput = str | Path | np.ndarray | Image.Image
@@ -62,7 +66,8 @@ Progress = Callable[[int, int], None]  # (done, total) questions
 
 
 def load_image(image: ImageInput, *, max_pixels: int | None = None) -> np.ndarray:
-    """An RGB uint8 (H, W, 3) array from a path, PIL image or array.
+    """An RGB uint8 (H, W, 3) array of the DISPLAYED image from a path, PIL image or array (a path
+    or a PIL image still carrying an EXIF orientation is turned upright; an array is taken as shown).
 
     A path goes through :func:`vlm3.data.images.open_rgb`: an image over ``max_pixels`` (default
     64 Mpx, ``VLM3_MAX_IMAGE_PIXELS``) is an ``ImageTooLargeError`` naming it, checked before
@@ -71,7 +76,7 @@ def load_image(image: ImageInput, *, max_pixels: int | None = None) -> np.ndarra
     if isinstance(image, (str, Path)):
         return np.asarray(open_rgb(image, max_pixels=max_pixels))
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(oriented(image).convert("RGB"))
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
@@ -83,10 +88,16 @@ def load_image(image: ImageInput, *, max_pixels: int | None = None) -> np.ndarra
 def estimate_intrinsics(width: int, height: int, hfov_deg: float = HFOV_GUESS_DEG) -> Intrinsics:
     """A guess for an uncalibrated image: square pixels, ``hfov_deg`` horizontal field of view,
     principal point at the image centre. fx = (W / 2) / tan(hfov / 2)."""
-    if not 1.0 < hfov_deg < 179.0:
-        raise ValueError(f"horizontal field of view must be in (1, 179) degrees, got {hfov_deg}")
-    f = (width / 2) / math.tan(math.radians(hfov_deg) / 2)
-    return Intrinsics(f, f, width / 2, height / 2, width, height)
+    return intrinsics_from_hfov(width, height, hfov_deg)
+
+
+def estimate_image_intrinsics(image: str | Path, *, hfov_deg: float | None = None, max_pixels: int | None = None) -> IntrinsicsEstimate:
+    """Intrinsics ESTIMATE for an uncalibrated image file (its displayed size): EXIF
+    FocalLengthIn35mmFilm, else FocalLength with the focal-plane resolution, else a 60 degree field
+    of view guess with the reason; ``hfov_deg`` given: that field of view, EXIF unread. See
+    :func:`vlm3.geometry.camera.estimate_uncalibrated`; ``.message()`` says what was used."""
+    exif = read_exif(image, max_pixels=max_pixels)
+    return estimate_uncalibrated(*exif.size, exif, hfov_deg=hfov_deg)
 
 
 def from_cli_pixels(xy: Any) -> np.ndarray:
@@ -165,7 +176,9 @@ class DepthPrediction:
     ``uv``: (N, 2) corner-origin pixels; ``depth``: (N,) metres in ``depth_type`` (``"range"``:
     from the camera centre, ``"z"``: along the optical axis), NaN where the answer did not parse
     or the pixel lies outside the model's view; ``coords``: text coordinates asked (-1 outside);
-    ``truncated``: answers cut off at the token limit (failures; None: none were).
+    ``truncated``: answers cut off at the token limit (failures; None: none were);
+    ``not_asked``: per point, None when it was asked, else the reason code (``vlm3.data.unify.NOT_ASKED``)
+    why it could not be shown to the model (None: every point was asked).
     """
 
     uv: np.ndarray
@@ -179,6 +192,7 @@ class DepthPrediction:
     settings: Settings = field(default_factory=Settings)
     processor: dict[str, Any] | None = None
     truncated: np.ndarray | None = None
+    not_asked: list[str | None] | None = None
 
     @property
     def valid(self) -> np.ndarray:
@@ -187,13 +201,16 @@ class DepthPrediction:
 
     @property
     def failures(self) -> list[str | None]:
-        """Why each point has no depth (None where it has one): truncated at the token limit,
-        outside the model's view, unparsed, or not a positive depth."""
+        """Why each point has no depth (None where it has one): "not asked: <reason>" (never put to
+        the model, see ``not_asked``), truncated at the token limit, unparsed, or not a positive depth."""
         valid = self.valid
         truncated = self.truncated if self.truncated is not None else np.zeros(len(self.depth), dtype=bool)
         out: list[str | None] = []
         for i in range(len(self.depth)):
-            if valid[i]:
+            why = self.not_asked[i] if self.not_asked is not None else None
+            if why is not None:
+                out.append(NOT_ASKED_PREFIX + NOT_ASKED.get(why, why))
+            elif valid[i]:
                 out.append(None)
             elif truncated[i]:
                 out.append(TRUNCATED)
@@ -261,7 +278,8 @@ def predict_depth(
     sample = _sample(DEPTH, [img], [K], s)
     U = sample.view.record.views[0].K
     fwd = sample.view.transforms[0].forward(uv)
-    inside = U.contains(fwd)  # a size_multiple crop can cut the right/bottom edge
+    why = not_asked_reasons(sample.view.transforms[0], U, fwd)  # "" = can be shown (the canvas pads)
+    inside = why == ""
     coords = np.full((len(uv), 2), -1, dtype=np.int64)
     if s.profile == "depthlm":  # DepthLM: a marker drawn on a copy of the image per point
         coords[inside] = marker_pixels(sample.view, fwd[inside])
@@ -276,7 +294,8 @@ def predict_depth(
         raw[i], parsed[i], truncated[i] = a.raw, a.parsed, a.truncated
         if a.parsed and a.pred > 0:
             depth[i] = a.pred
-    return DepthPrediction(uv, depth, s.depth_type, raw, parsed, K, coords, shape, s, processor_note(backend, sample), truncated)
+    not_asked = [None if w == "" else str(w) for w in why]
+    return DepthPrediction(uv, depth, s.depth_type, raw, parsed, K, coords, shape, s, processor_note(backend, sample), truncated, not_asked)
 
 
 # --- pose ---------------------------------------------------------------------------------------
@@ -351,8 +370,9 @@ def predict_pose(
 @dataclass
 class MatchPrediction:
     """Pixels of image 2 matching ``uv1`` of image 1 (both corner-origin, original frames);
-    ``uv2`` is NaN where the answer did not parse (or the pixel left the unified view);
-    ``truncated``: answers cut off at the token limit (failures; None: none were)."""
+    ``uv2`` is NaN where the answer did not parse (or the point was not asked);
+    ``truncated``: answers cut off at the token limit (failures; None: none were);
+    ``not_asked``: per point, None when asked, else the reason code (``vlm3.data.unify.NOT_ASKED``)."""
 
     uv1: np.ndarray
     uv2: np.ndarray
@@ -360,12 +380,15 @@ class MatchPrediction:
     parsed: np.ndarray
     processor: dict[str, Any] | None = None
     truncated: np.ndarray | None = None
+    not_asked: list[str | None] | None = None
 
     @property
     def failures(self) -> list[str | None]:
-        """Why each point has no match (None where it has one)."""
+        """Why each point has no match (None where it has one): "not asked: <reason>", truncated, unparsed."""
         truncated = self.truncated if self.truncated is not None else np.zeros(len(self.uv1), dtype=bool)
-        return [None if ok else TRUNCATED if cut else UNPARSED for ok, cut in zip(self.parsed, truncated)]
+        why = self.not_asked if self.not_asked is not None else [None] * len(self.uv1)
+        return [NOT_ASKED_PREFIX + NOT_ASKED.get(w, w) if w is not None else None if ok else TRUNCATED if cut else UNPARSED
+                for ok, cut, w in zip(self.parsed, truncated, why)]
 
 
 def predict_match(
@@ -390,7 +413,8 @@ def predict_match(
     sample = _sample(CORRESPONDENCE, [load_image(image1), load_image(image2)], [K1, K2 or K1], s)
     U1 = sample.view.record.views[0].K
     fwd = sample.view.transforms[0].forward(uv1)
-    inside = np.flatnonzero(U1.contains(fwd))
+    why = not_asked_reasons(sample.view.transforms[0], U1, fwd)
+    inside = np.flatnonzero(why == "")
     coords = encode_view_pixels(sample.view, 0, fwd[inside], s)
     queries = [Query(profile_question(*c, s), None, None, int(i)) for i, c in zip(inside, coords)]
     uv2, raw, parsed = np.full((len(uv1), 2), np.nan), [""] * len(uv1), np.zeros(len(uv1), dtype=bool)
@@ -400,7 +424,7 @@ def predict_match(
         raw[i], parsed[i], truncated[i] = a.raw, a.parsed, a.truncated
         if a.parsed:
             uv2[i] = a.pred  # CORRESPONDENCE.read maps it back to image 2's original pixels
-    return MatchPrediction(uv1, uv2, raw, parsed, processor_note(backend, sample), truncated)
+    return MatchPrediction(uv1, uv2, raw, parsed, processor_note(backend, sample), truncated, [None if w == "" else str(w) for w in why])
 
 
 # --- objects ------------------------------------------------------------------------------------
@@ -533,6 +557,7 @@ def write_depth_outputs(pred: DepthPrediction, image: ImageInput, out: str | Pat
         "settings": pred.settings.model_dump(mode="json", include=set(ASK_FIELDS)),
         "processor": pred.processor,
         "n": len(rows), "valid": int(valid.sum()), "parsed": int(pred.parsed.sum()), "truncated": sum(f == TRUNCATED for f in failures),
+        "not_asked": sum(f is not None and f.startswith(NOT_ASKED_PREFIX) for f in failures),
         "grid": {"rows": pred.grid_shape[0], "cols": pred.grid_shape[1]} if pred.grid_shape else None,
         "points": rows,
     }
@@ -572,7 +597,7 @@ def plot_depth_map(pred: DepthPrediction, img: np.ndarray, path: str | Path) -> 
     cmap = colormaps["turbo"].with_extremes(bad="0.5")
     shown = b.imshow(np.ma.masked_invalid(dmap), cmap=cmap, vmin=vmin, vmax=max(vmax, vmin + 1e-6), extent=(0, w, h, 0), interpolation="nearest")
     what = "range from the camera" if pred.depth_type == "range" else "z-depth"
-    b.set_title(f"predicted {'range' if pred.depth_type == 'range' else 'z-depth'} ({int(pred.valid.sum())} of {len(pred.depth)} points; grey: failed)")
+    b.set_title(f"predicted {'range' if pred.depth_type == 'range' else 'z-depth'} ({int(pred.valid.sum())} of {len(pred.depth)} points; grey: failed or not asked)")
     for ax in (a, b):
         ax.set_axis_off()
     fig.colorbar(shown, ax=b, label=f"{what} (m)", shrink=0.9)

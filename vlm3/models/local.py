@@ -5,21 +5,31 @@ answers do not depend on the batch size or on which requests share a batch.
 
 :meth:`LocalBackend.query_many` answers many questions about the same image(s) by running the
 vision encoder and the shared prompt prefix once (system prompt, user header, all image tokens and
-the common start of the question text) and decoding the questions in batches on copies of that
-prefix's KV cache. Answers (text, token counts, finish reason) equal one ``complete`` call per
-question:
+the common start of the question text) and decoding the questions in batches on that prefix's KV
+cache. Answers (text, token counts, finish reason) equal one ``complete`` call per question:
 
-- Token ids are those the processor gives for each full prompt; the prefix is their longest common
-  prefix, so every row sees exactly its own uncached token sequence.
-- Qwen-VL's 3D multimodal rope (mrope): the position ids of every row are computed by the model's
-  own ``get_rope_index`` over the row's full sequence (prefix + suffix), in the very layout the
-  cached forward uses, and the suffix columns are passed explicitly. Generated tokens continue at
-  ``index + rope_delta`` exactly like ``generate``'s decoding steps. Nothing is assumed about how
-  text positions continue after an image.
+- Prompts: the chat template is rendered once with a stand-in question (:func:`splice_template`)
+  and every question is spliced into it; a real question is rendered in full and compared, and a
+  template that changes the stand-in (or renders it twice) is rendered per question instead.
+- Token ids: the processor encodes one full prompt (image placeholders expanded); the question
+  texts are tokenized in one batched call, each between the added tokens that surround it in the
+  template (``<|vision_end|>`` ... ``<|im_end|>``). A tokenizer splits text at added tokens before
+  anything else, so a question's ids depend only on the question and those two neighbours: the
+  spliced ids are the processor's ids for the full prompt (verified on the first prompt; templates
+  without added tokens around the question tokenize every full prompt instead). The shared prefix
+  is the longest common prefix of all prompts, so every row sees exactly its own token sequence.
+- Qwen-VL's 3D multimodal rope (mrope): positions depend on token types and image grids only, so
+  the model's own ``get_rope_index`` is run once per prefix on the prefix followed by text tokens
+  for the longest suffix and the answer; a row with ``L`` suffix tokens takes that index's columns
+  ``P .. P+L-1`` for its suffix and ``P+L+k`` for its k-th generated token, which is
+  ``index + rope_delta`` exactly like ``generate``'s decoding steps.
 - Suffixes of different lengths are padded between the prefix and the suffix (left padding of the
   suffix); the attention mask hides the padding, and padding does not advance any position.
-- Each batch gets its own copy of the prefix keys/values in preallocated buffers, so decoding steps
-  append in place instead of re-concatenating the whole cache.
+- The prefix keys/values are copied once into preallocated buffers for a whole batch of rows;
+  each batch rewinds the buffers to the prefix (nothing is re-copied) and decoding steps append in
+  place instead of re-concatenating the cache.
+- The batch (:meth:`LocalBackend.query_batch_size`) is, unless set, chosen from memory: the KV
+  cache and activations of one row against a share of the free device memory, capped.
 
 The computation is the same as the uncached one, only split differently (prefix and suffix in two
 forwards, batched rows), so logits agree to float rounding. In float32 the greedy answers are
@@ -36,12 +46,13 @@ are ignored, since vlm3 evaluates with greedy decoding.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from vlm3.models.backend import Backend, ChatRequest, Completion, single_turn
+from vlm3.models.backend import Backend, ChatRequest, Completion, Message, single_turn
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +61,59 @@ if TYPE_CHECKING:
 #: Families whose model exposes ``model.model.get_rope_index`` with the Qwen2-VL signature
 #: (tested: qwen2_5_vl, qwen3_vl; qwen2_vl and qwen3_vl_moe share the code path).
 PREFIX_REUSE_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+
+#: ``generate`` batch when none is set (every row carries its own image through the vision encoder).
+DEFAULT_GENERATE_BATCH = 16
+#: Most rows ``query_many`` decodes together when it chooses the batch from memory.
+MAX_QUERY_BATCH = 64
+#: Share of the free device memory (CPU: MemAvailable) that ``query_many``'s batch may fill.
+QUERY_MEMORY_SHARE = 0.25
+#: ``query_many`` batch when the free memory of the device cannot be read.
+FALLBACK_QUERY_BATCH = 16
+
+#: Stand-in questions rendered to find where the chat template puts the question: control
+#: characters and surrounding whitespace, so a template that strips, escapes or rewrites the
+#: question text changes them and is rendered per question instead.
+_STAND_INS = ("\x00vlm3-question\x01", " \t\x02vlm3\nquestion\x03 \n")
+
+
+def splice_template(
+    render: Callable[[list[Message]], str], images: Sequence["Image"], system: str | None, check: str
+) -> tuple[str, str] | None:
+    """``(head, tail)`` such that ``head + q + tail`` is the rendered prompt of question ``q``, or None.
+
+    ``render`` turns a chat into prompt text. The single-turn chat is rendered with two stand-in
+    questions; the template qualifies when each appears exactly once, verbatim, with the same text
+    around it, and the real question ``check`` renders to ``head + check + tail``.
+    """
+    pieces = []
+    for stand_in in _STAND_INS:
+        text = render(single_turn(images, stand_in, system).messages)
+        if text.count(stand_in) != 1:
+            return None
+        pieces.append(tuple(text.split(stand_in)))
+    if pieces[0] != pieces[1]:
+        return None
+    head, tail = pieces[0]
+    if render(single_turn(images, check, system).messages) != head + check + tail:
+        return None
+    return head, tail
+
+
+def render_questions(
+    render: Callable[[list[Message]], str], images: Sequence["Image"], questions: Sequence[str], system: str | None
+) -> list[str]:
+    """The rendered prompt of every single-turn question: the template rendered once, questions spliced in.
+
+    Falls back to rendering each question when :func:`splice_template` refuses the template.
+    """
+    if not questions:
+        return []
+    template = splice_template(render, images, system, questions[0])
+    if template is None:
+        return [render(single_turn(images, q, system).messages) for q in questions]
+    head, tail = template
+    return [head + q + tail for q in questions]
 
 
 @dataclass(frozen=True)
@@ -60,6 +124,7 @@ class _Prefix:
     mm_types: list[int]
     vision: dict[str, "torch.Tensor"]  # pixel_values, image_grid_thw, ...
     suffixes: list[list[int]]  # per question, in question order
+    how: str  # how the prompts were rendered and tokenized (for prefix_reuse)
 
 
 class LocalBackend(Backend):
@@ -67,7 +132,9 @@ class LocalBackend(Backend):
 
     Args:
         model, processor: e.g. from :func:`vlm3.models.hf.load_model_and_processor`.
-        batch_size: requests per forward batch, for ``generate`` and ``query_many``.
+        batch_size: requests per forward batch, for ``generate`` and ``query_many``; None (the
+            default) lets ``query_many`` choose it from memory (:meth:`query_batch_size`) and
+            ``generate`` use :data:`DEFAULT_GENERATE_BATCH`.
         reuse_prefix: let ``query_many`` share the image prefix's KV cache (False: plain batching).
         name: a label for logs (defaults to the model's ``name_or_path``).
 
@@ -80,16 +147,16 @@ class LocalBackend(Backend):
         model: Any,
         processor: Any,
         *,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         reuse_prefix: bool = True,
         name: str | None = None,
     ) -> None:
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.batch_size = int(batch_size)
+        self.batch_size: int | None = None if batch_size is None else int(batch_size)
         self.reuse_prefix = reuse_prefix
         self.name = name or str(getattr(model.config, "name_or_path", "") or type(model).__name__)
         self.family = str(getattr(model.config, "model_type", ""))
@@ -98,6 +165,8 @@ class LocalBackend(Backend):
         self.pad_id = int(pad if pad is not None else (self.tokenizer.pad_token_id or self.eos_ids[0]))
         #: How the last ``query_many`` ran: "prefix: <sizes>" (shared KV cache) or "batched: <reason>".
         self.prefix_reuse: str = ""
+        #: Rows per batch of the last ``query_many`` on the shared-prefix path (0: none yet).
+        self.query_rows: int = 0
         self._lock = threading.RLock()
 
     @classmethod
@@ -139,10 +208,11 @@ class LocalBackend(Backend):
         import torch
 
         _check_max_new_tokens(max_new_tokens)
+        batch = self.batch_size or DEFAULT_GENERATE_BATCH
         out: list[Completion] = []
         with self._lock, torch.inference_mode():
-            for start in range(0, len(requests), self.batch_size):
-                out += self._generate_batch(requests[start : start + self.batch_size], max_new_tokens)
+            for start in range(0, len(requests), batch):
+                out += self._generate_batch(requests[start : start + batch], max_new_tokens)
         return out
 
     def _generate_batch(self, requests: Sequence[ChatRequest], max_new_tokens: int) -> list[Completion]:
@@ -168,7 +238,7 @@ class LocalBackend(Backend):
         out = self.model.generate(**enc, generation_config=config)
         new = out[:, enc["input_ids"].shape[1] :].tolist()
         prompt_lengths = enc["attention_mask"].sum(dim=1).tolist()
-        return [self._completion(row, int(n)) for row, n in zip(new, prompt_lengths)]
+        return self._completions(new, [int(n) for n in prompt_lengths])
 
     # --- many questions, one image prefix ---------------------------------------------------------
 
@@ -192,139 +262,206 @@ class LocalBackend(Backend):
             raise TypeError("questions must be a list of strings, not a single string")
         if not questions:
             return []
-        requests = [single_turn(images, q, system) for q in questions]
         with self._lock, torch.inference_mode():
-            prefix, reason = self._plan_prefix(requests) if self.reuse_prefix else (None, "disabled")
+            prefix, reason = self._plan_prefix(images, questions, system) if self.reuse_prefix else (None, "disabled")
             if prefix is None:
                 self.prefix_reuse = f"batched: {reason}"
-                return self.complete(requests, max_new_tokens)
-            lengths = [len(x) for x in prefix.suffixes]
-            self.prefix_reuse = (
-                f"prefix: {len(prefix.ids)} shared tokens, {len(lengths)} suffixes of {min(lengths)}-{max(lengths)} tokens"
-            )
+                return self.complete([single_turn(images, q, system) for q in questions], max_new_tokens)
             return self._query_with_prefix(prefix, max_new_tokens)
 
-    def _plan_prefix(self, requests: list[ChatRequest]) -> tuple[_Prefix | None, str]:
+    def query_batch_size(self, prefix_tokens: int, suffix_tokens: int, max_new_tokens: int) -> tuple[int, str]:
+        """Rows ``query_many`` decodes together, and where the number comes from.
+
+        ``batch_size`` when set; otherwise the rows whose KV cache (``prefix_tokens + suffix_tokens
+        + max_new_tokens`` tokens each) and forward activations fit in :data:`QUERY_MEMORY_SHARE`
+        of the free device memory, at least 1 and at most :data:`MAX_QUERY_BATCH`.
+        """
+        if self.batch_size is not None:
+            return self.batch_size, "set"
+        free = _free_memory(self.model.device)
+        if free is None:
+            return FALLBACK_QUERY_BATCH, "default: free memory unknown"
+        row = _row_bytes(self.model, prefix_tokens + suffix_tokens + max_new_tokens, suffix_tokens)
+        fit = int(QUERY_MEMORY_SHARE * free // row)
+        return max(1, min(MAX_QUERY_BATCH, fit)), f"from memory: {row / 2**20:.1f} MiB a row, {free / 2**30:.1f} GiB free"
+
+    def _plan_prefix(
+        self, images: Sequence["Image"], questions: Sequence[str], system: str | None
+    ) -> tuple[_Prefix | None, str]:
         """Token ids of every prompt and their longest common prefix, or (None, why not)."""
         if self.family not in PREFIX_REUSE_FAMILIES or not hasattr(self.model.model, "get_rope_index"):
             return None, f"no exact prefix reuse for model type {self.family!r}"
-        texts = [self._render(r.messages) for r in requests]
-        images = [_rgb(im) for im in requests[0].images]
-        # The processor expands each image placeholder into one token per merged patch; encode the
-        # first prompt with it, the others as text, and expand their placeholders the same way.
-        enc = self.processor(text=[texts[0]], images=images or None, return_tensors="pt")
+        template = splice_template(self._render, images, system, questions[0])
+        if template is None:
+            texts = [self._render(single_turn(images, q, system).messages) for q in questions]
+        else:
+            texts = [template[0] + questions[0] + template[1]]
+        # The processor expands each image placeholder into one token per merged patch.
+        enc = self.processor(text=texts[:1], images=[_rgb(im) for im in images] or None, return_tensors="pt")
         first = enc["input_ids"][0].tolist()
         image_id = _token_id(self.model.config, "image_token_id")
         video_id = _token_id(self.model.config, "video_token_id")
-        counts = _image_token_counts(enc, self.processor)
-        raw = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        seqs = [_expand(ids, image_id, counts) for ids in raw]
-        if seqs[0] != first:
-            return None, "the processor's token ids differ from the tokenizer's (unexpected template)"
-        n = min(len(s) for s in seqs)
-        p = 0
-        while p < n - 1 and all(s[p] == seqs[0][p] for s in seqs):
-            p += 1
-        suffixes = [s[p:] for s in seqs]
+        spliced = self._splice_tokens(template, questions, first) if template is not None else None
+        if spliced is not None:
+            head, mids, tail = spliced
+            # The shared prefix: the template's head and the questions' common first tokens.
+            c = _common_prefix_length(mids)
+            prefix_ids = first[: len(head) + c]
+            suffixes = [m[c:] + tail for m in mids]
+            how = "template rendered once, questions spliced in"
+        else:
+            if template is not None:
+                texts = [template[0] + q + template[1] for q in questions]
+            # Encode the others as text and expand their placeholders as the processor does.
+            raw = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+            seqs = [_expand(ids, image_id, _image_token_counts(enc, self.processor)) for ids in raw]
+            if seqs[0] != first:
+                return None, "the processor's token ids differ from the tokenizer's (unexpected template)"
+            p = _common_prefix_length(seqs, limit=min(len(s) for s in seqs) - 1)
+            prefix_ids, suffixes = first[:p], [s[p:] for s in seqs]
+            how = "every prompt tokenized" + (" (template rendered once)" if template is not None else "")
         if any(t in (image_id, video_id) for s in suffixes for t in s):
             return None, "image tokens after the shared prefix"
+        P = len(prefix_ids)
         mm_types = enc["mm_token_type_ids"][0].tolist() if "mm_token_type_ids" in enc else _mm_types(first, image_id, video_id)
         vision = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
-        return _Prefix(first[:p], mm_types[:p], vision, suffixes), ""
+        return _Prefix(prefix_ids, mm_types[:P], vision, suffixes, how), ""
+
+    def _splice_tokens(
+        self, template: tuple[str, str], questions: Sequence[str], first: list[int]
+    ) -> tuple[list[int], list[list[int]], list[int]] | None:
+        """(head ids, each question's ids, tail ids) by one batched tokenizer call, or None.
+
+        Needs an added token at the end of the head and at the start of the tail: each question is
+        tokenized between those two, so its ids are those it has in the full prompt. ``first``
+        (the processor's ids of the first full prompt) gives the head's ids, image tokens expanded,
+        and checks the splice.
+        """
+        head, tail = template
+        left, right = _added_token_at(self.tokenizer, head, end=True), _added_token_at(self.tokenizer, tail, end=False)
+        if left is None or right is None:
+            return None
+        lid, rid = self.tokenizer.convert_tokens_to_ids([left, right])
+        enc = self.tokenizer([left + q + right for q in questions] + [tail], add_special_tokens=False)["input_ids"]
+        tail_ids = enc[-1]
+        mids = []
+        for ids in enc[:-1]:
+            if len(ids) < 2 or ids[0] != lid or ids[-1] != rid:
+                return None
+            mids.append(ids[1:-1])
+        n_head = len(first) - len(mids[0]) - len(tail_ids)
+        if n_head < 1 or first[n_head - 1] != lid or first[n_head:] != mids[0] + tail_ids:
+            return None
+        return first[:n_head], mids, tail_ids
 
     def _query_with_prefix(self, prefix: _Prefix, max_new_tokens: int) -> list[Completion]:
         import torch
 
         device = self.model.device
-        P = len(prefix.ids)
-        ids = torch.tensor([prefix.ids], device=device)
-        types = torch.tensor([prefix.mm_types], device=device)
+        P, n = len(prefix.ids), len(prefix.suffixes)
+        longest = max(len(s) for s in prefix.suffixes)
+        limit, source = self.query_batch_size(P, longest, max_new_tokens)
+        # As few batches as the limit allows, equally full; shortest suffixes together (less
+        # padding). Answers do not depend on the grouping.
+        rows = self.query_rows = math.ceil(n / math.ceil(n / limit))
+        order = sorted(range(n), key=lambda i: len(prefix.suffixes[i]))
+        self.prefix_reuse = (
+            f"prefix: {P} shared tokens, {n} suffixes of {len(prefix.suffixes[order[0]])}-{longest} tokens, "
+            f"batch {rows} (limit {limit}, {source}); {prefix.how}"
+        )
+
         vision = {k: v.to(device) for k, v in prefix.vision.items()}
-        positions, _ = self._rope_index(ids, types, torch.ones_like(ids), vision.get("image_grid_thw"))
+        positions = self._reference_positions(prefix, longest + max_new_tokens, vision.get("image_grid_thw"))
+        ids = torch.tensor([prefix.ids], device=device)
         out = self.model(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
-            position_ids=positions,
-            mm_token_type_ids=types,
+            position_ids=positions[:, None, :P],
+            mm_token_type_ids=torch.tensor([prefix.mm_types], device=device),
             use_cache=True,
             logits_to_keep=1,
             **vision,
         )
-        prefix_kv = [(layer.keys, layer.values) for layer in out.cache.layers]
+        caches = _BatchCache(self.model.config, out.cache, rows, capacity=P + longest + max_new_tokens)
+        del out
 
-        # Shortest suffixes together: less padding; answers do not depend on the grouping.
-        order = sorted(range(len(prefix.suffixes)), key=lambda i: len(prefix.suffixes[i]))
-        answers: list[Completion] = [Completion("")] * len(order)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            batch = [prefix.suffixes[i] for i in rows]
-            for i, tokens in zip(rows, self._decode_suffixes(prefix, prefix_kv, batch, vision, max_new_tokens)):
-                # A finished row's tokens end with its end-of-turn token ("stop"); a row without one
-                # ran out of max_new_tokens ("length"). The prompt is the prefix plus the row's suffix.
-                answers[i] = self._completion(tokens, P + len(prefix.suffixes[i]))
-        return answers
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        for start in range(0, n, rows):
+            batch = order[start : start + rows]
+            decoded = self._decode_batch([prefix.suffixes[i] for i in batch], caches, positions, P, max_new_tokens)
+            for i, row in zip(batch, decoded):
+                tokens[i] = row
+        # A finished row's tokens end with its end-of-turn token ("stop"); a row without one ran out
+        # of max_new_tokens ("length"). The prompt is the prefix plus the row's suffix.
+        return self._completions(tokens, [P + len(s) for s in prefix.suffixes])
 
-    def _decode_suffixes(
-        self,
-        prefix: _Prefix,
-        prefix_kv: list[tuple["torch.Tensor", "torch.Tensor"]],
-        suffixes: list[list[int]],
-        vision: dict[str, "torch.Tensor"],
-        max_new_tokens: int,
-    ) -> list[list[int]]:
-        """Greedy tokens for a batch of suffixes on copies of the prefix cache."""
+    def _reference_positions(self, prefix: _Prefix, text_tokens: int, grid: "torch.Tensor | None") -> "torch.Tensor":
+        """Rope positions [3, P + text_tokens] of the prefix followed by ``text_tokens`` text tokens.
+
+        ``get_rope_index`` places tokens by their type and the image grids only, so this one index
+        holds every row's positions: the suffix of a row continues the prefix like these text tokens.
+        """
         import torch
 
         device = self.model.device
-        B, P, S = len(suffixes), len(prefix.ids), max(len(s) for s in suffixes)
-        # Layout per row: [prefix | padding | suffix]; the mask hides the padding.
-        ids = torch.full((B, P + S), self.pad_id, dtype=torch.long, device=device)
-        mask = torch.zeros((B, P + S), dtype=torch.long, device=device)
-        ids[:, :P] = torch.tensor(prefix.ids, device=device)
-        mask[:, :P] = 1
-        for b, s in enumerate(suffixes):
-            ids[b, P + S - len(s) :] = torch.tensor(s, device=device)
-            mask[b, P + S - len(s) :] = 1
-        types = torch.zeros_like(ids)
-        types[:, :P] = torch.tensor(prefix.mm_types, device=device)
-        grid = vision.get("image_grid_thw")
-        grid = grid.repeat(B, 1) if grid is not None else None
-        # Positions of each row's full sequence, as the uncached run computes them.
-        positions, deltas = self._rope_index(ids, types, mask, grid)
-        lengths = torch.tensor([P + len(s) for s in suffixes], device=device)
+        ids = torch.tensor([prefix.ids + [self.pad_id] * text_tokens], device=device)
+        types = torch.tensor([prefix.mm_types + [0] * text_tokens], device=device)
+        positions, _ = self._rope_index(ids, types, torch.ones_like(ids), grid)
+        return positions[:, 0]
 
-        cache = _prefix_cache(self.model.config, prefix_kv, B, capacity=P + S + max_new_tokens)
+    def _decode_batch(
+        self,
+        suffixes: list[list[int]],
+        caches: "_BatchCache",
+        positions: "torch.Tensor",
+        P: int,
+        max_new_tokens: int,
+    ) -> list[list[int]]:
+        """Greedy tokens for a batch of suffixes on the prefix cache (finished rows continue on padding)."""
+        import torch
+
+        device = self.model.device
+        B, S, N = len(suffixes), max(len(s) for s in suffixes), max_new_tokens
+        lengths = torch.tensor([len(s) for s in suffixes], device=device)
+        # Layout per row: [prefix | padding | suffix | answer]; the mask hides the padding.
+        ids = torch.tensor([[self.pad_id] * (S - len(s)) + s for s in suffixes], device=device)
+        pad = S - lengths[:, None]  # padding columns of each row
+        columns = torch.arange(S, device=device)[None, :]
+        mask = torch.ones((B, P + S + N), dtype=torch.long, device=device)
+        mask[:, P : P + S] = columns >= pad
+        # Row b's suffix token j sits at index P + j of its sequence, its k-th answer token at
+        # P + length + k (padding columns take the position of the first suffix token, unseen).
+        suffix_positions = positions[:, P + (columns - pad).clamp(min=0)]
+        answer_positions = positions[:, P + lengths[:, None] + torch.arange(N, device=device)[None, :]]
+
+        cache = caches.for_batch(B)
         logits = self.model(
-            input_ids=ids[:, P:],
-            attention_mask=mask,
-            position_ids=positions[:, :, P:],
+            input_ids=ids,
+            attention_mask=mask[:, : P + S],
+            position_ids=suffix_positions,
             cache=cache,
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]
         eos = torch.tensor(self.eos_ids, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
-        tokens: list[list[int]] = [[] for _ in range(B)]
-        for step in range(max_new_tokens):
-            nxt = logits.argmax(dim=-1)
-            nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)  # finished rows idle on padding
-            for row, t, finished in zip(tokens, nxt.tolist(), done.tolist()):
-                if not finished:
-                    row.append(t)
+        out = torch.empty((B, N), dtype=torch.long, device=device)
+        steps = N
+        for step in range(N):
+            nxt = logits.argmax(dim=-1).masked_fill_(done, self.pad_id)  # finished rows idle on padding
+            out[:, step] = nxt
             done |= torch.isin(nxt, eos)
-            if bool(done.all()) or step == max_new_tokens - 1:
+            if step == N - 1 or bool(done.all()):
+                steps = step + 1
                 break
-            # The token generated at step k sits at index length + k of its row's sequence.
-            pos = (lengths + step + deltas.view(-1)).view(1, B, 1).expand(3, B, 1)
-            mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
             logits = self.model(
                 input_ids=nxt[:, None],
-                attention_mask=mask,
-                position_ids=pos,
+                attention_mask=mask[:, : P + S + step + 1],
+                position_ids=answer_positions[:, :, step : step + 1],
                 cache=cache,
                 use_cache=True,
             ).logits[:, -1]
-        return tokens
+        return out[:, :steps].tolist()
 
     def _rope_index(self, ids, types, mask, grid) -> tuple["torch.Tensor", "torch.Tensor"]:
         """(position ids [3, B, L], rope deltas [B, 1]) from the model's own mrope index."""
@@ -337,32 +474,56 @@ class LocalBackend(Backend):
     def _render(self, messages: list[dict]) -> str:
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def _completion(self, tokens: list[int], prompt_tokens: int | None) -> Completion:
-        # generate() pads finished rows; the answer ends at the first end-of-turn token.
-        for i, t in enumerate(tokens):
-            if t in self.eos_ids:
-                text = self.tokenizer.decode(tokens[:i], skip_special_tokens=True)
-                return Completion(text, prompt_tokens, i + 1, "stop")
-        return Completion(self.tokenizer.decode(tokens, skip_special_tokens=True), prompt_tokens, len(tokens), "length")
+    def _completions(self, rows: list[list[int]], prompt_tokens: list[int]) -> list[Completion]:
+        """Completions of generated token rows: each answer ends at its first end-of-turn token.
 
-
-def _prefix_cache(config: Any, prefix_kv: list[tuple["torch.Tensor", "torch.Tensor"]], batch: int, capacity: int):
-    """A cache holding ``batch`` copies of the prefix keys/values, with room for ``capacity`` tokens.
-
-    Keys and values are written into preallocated buffers and exposed as growing views, so a
-    decoding step does not copy the whole cache (``DynamicCache`` concatenates every step).
-    Layer types other than full attention get a plain ``DynamicCache``.
-    """
-    from transformers import DynamicCache
-    from transformers.cache_utils import Cache
-
-    layer_types = getattr(config.get_text_config(decoder=True), "layer_types", None) or ["full_attention"]
-    if any(t != "full_attention" for t in layer_types):
-        return DynamicCache(
-            ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix_kv],
-            config=config,
+        ``generate`` (and ``query_many``) pad finished rows; a row without an end-of-turn token ran
+        out of ``max_new_tokens``. All rows are detokenized in one batched call.
+        """
+        eos = set(self.eos_ids)
+        ends = [next((i for i, t in enumerate(row) if t in eos), None) for row in rows]
+        texts = self.tokenizer.batch_decode(
+            [row if end is None else row[:end] for row, end in zip(rows, ends)], skip_special_tokens=True
         )
-    return Cache(layers=[_preallocated_layer_class()(k, v, batch, capacity) for k, v in prefix_kv])
+        return [
+            Completion(text, n, len(row), "length") if end is None else Completion(text, n, end + 1, "stop")
+            for text, n, row, end in zip(texts, prompt_tokens, rows, ends)
+        ]
+
+
+class _BatchCache:
+    """The prefix's keys/values copied once into buffers for ``rows`` sequences of ``capacity`` tokens.
+
+    :meth:`for_batch` rewinds the buffers to the prefix for the next batch: the prefix is never
+    written again, decoding steps append in place after it. Layer types other than full attention
+    get a fresh ``DynamicCache`` of the prefix per batch instead.
+    """
+
+    def __init__(self, config: Any, prefix_cache: Any, rows: int, capacity: int) -> None:
+        from transformers.cache_utils import Cache
+
+        self._config = config
+        prefix = [(layer.keys, layer.values) for layer in prefix_cache.layers]
+        layer_types = getattr(config.get_text_config(decoder=True), "layer_types", None) or ["full_attention"]
+        self._prefix, self._layers = prefix, None
+        if all(t == "full_attention" for t in layer_types):
+            cls = _preallocated_layer_class()
+            self._layers = [cls(k, v, rows, capacity) for k, v in prefix]
+            self._cache = Cache(layers=self._layers)
+            self._prefix = []  # copied into the buffers; not kept
+
+    def for_batch(self, batch: int) -> Any:
+        """A cache holding ``batch`` copies of the prefix and nothing after it."""
+        if self._layers is None:
+            from transformers import DynamicCache
+
+            return DynamicCache(
+                ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self._prefix],
+                config=self._config,
+            )
+        for layer in self._layers:
+            layer.rewind(batch)
+        return self._cache
 
 
 _LAYER_CLASS: Any = None
@@ -377,28 +538,37 @@ def _preallocated_layer_class() -> Any:
     from transformers.cache_utils import DynamicLayer
 
     class PreallocatedLayer(DynamicLayer):
-        def __init__(self, keys: torch.Tensor, values: torch.Tensor, batch: int, capacity: int) -> None:
+        """Keys/values of ``rows`` sequences in buffers of ``capacity`` tokens; the prefix is written once."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, rows: int, capacity: int) -> None:
             super().__init__()
             _, heads, length, _ = keys.shape
-            self._k = keys.new_empty((batch, heads, capacity, keys.shape[-1]))
-            self._v = values.new_empty((batch, heads, capacity, values.shape[-1]))
+            self._k = keys.new_empty((rows, heads, capacity, keys.shape[-1]))
+            self._v = values.new_empty((rows, heads, capacity, values.shape[-1]))
             self._k[:, :, :length] = keys
             self._v[:, :, :length] = values
-            self._length = length
+            self._prefix_length = length
             self.device = keys.device
             self.is_initialized = True
+            self.rewind(rows)
+
+        def rewind(self, batch: int) -> None:
+            """Back to the prefix alone, for the first ``batch`` rows."""
+            if batch > self._k.shape[0]:
+                raise RuntimeError(f"batch of {batch} rows > {self._k.shape[0]} preallocated")
+            self._batch, self._length = batch, self._prefix_length
             self._expose()
 
         def _expose(self) -> None:
-            self.keys = self._k[:, :, : self._length]
-            self.values = self._v[:, :, : self._length]
+            self.keys = self._k[: self._batch, :, : self._length]
+            self.values = self._v[: self._batch, :, : self._length]
 
         def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
             n = key_states.shape[-2]
             if self._length + n > self._k.shape[2]:
                 raise RuntimeError(f"prefix cache full: {self._length} + {n} > {self._k.shape[2]} tokens")
-            self._k[:, :, self._length : self._length + n] = key_states
-            self._v[:, :, self._length : self._length + n] = value_states
+            self._k[: self._batch, :, self._length : self._length + n] = key_states
+            self._v[: self._batch, :, self._length : self._length + n] = value_states
             self._length += n
             self._expose()
             return self.keys, self.values
@@ -408,6 +578,76 @@ def _preallocated_layer_class() -> Any:
 
     _LAYER_CLASS = PreallocatedLayer
     return _LAYER_CLASS
+
+
+def _row_bytes(model: Any, tokens: int, suffix_tokens: int) -> int:
+    """Memory of one ``query_many`` row: its KV cache of ``tokens`` tokens and its largest activations.
+
+    Activations (the suffix forward): hidden states and MLP of ``suffix_tokens`` tokens, float32
+    attention scores against all ``tokens``, and the last position's float32 logits.
+    """
+    text = model.config.get_text_config(decoder=True)
+    layers = int(text.num_hidden_layers)
+    heads = int(text.num_attention_heads)
+    hidden = int(text.hidden_size)
+    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(text, "head_dim", None) or hidden // heads)
+    intermediate = int(getattr(text, "intermediate_size", None) or 4 * hidden)
+    itemsize = next(model.parameters()).element_size()
+    kv = layers * 2 * kv_heads * head_dim * itemsize * tokens
+    activations = suffix_tokens * (4 * hidden + 3 * intermediate) * itemsize
+    activations += 4 * heads * suffix_tokens * tokens + 4 * int(getattr(text, "vocab_size", 0) or 0)
+    return kv + activations
+
+
+def _free_memory(device: Any) -> int | None:
+    """Free bytes on ``device``: CUDA's free memory plus what torch's allocator holds unused; on CPU,
+    the kernel's MemAvailable. None where it cannot be read."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def _added_token_at(tokenizer: Any, text: str, *, end: bool) -> str | None:
+    """The longest added token (special or not) that ``text`` ends (``end``) or starts with, or None.
+
+    Tokens matched only as whole words (``single_word``) are skipped: whether they match depends
+    on the text on both sides.
+    """
+    found = None
+    for added in tokenizer.added_tokens_decoder.values():
+        token = str(added)
+        if not token or getattr(added, "single_word", False):
+            continue
+        if (text.endswith(token) if end else text.startswith(token)) and (found is None or len(token) > len(found)):
+            found = token
+    return found
+
+
+def _common_prefix_length(seqs: Sequence[Sequence[int]], limit: int | None = None) -> int:
+    """Length of the longest common prefix of ``seqs`` (at most ``limit``)."""
+    n = min(len(s) for s in seqs) if limit is None else limit
+    first = seqs[0]
+    p = 0
+    while p < n and all(s[p] == first[p] for s in seqs):
+        p += 1
+    return p
 
 
 def _check_max_new_tokens(n: int) -> None:
@@ -461,4 +701,12 @@ def _rgb(image: "Image") -> "Image":
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-__all__ = ["LocalBackend", "PREFIX_REUSE_FAMILIES", "single_turn"]
+__all__ = [
+    "DEFAULT_GENERATE_BATCH",
+    "LocalBackend",
+    "MAX_QUERY_BATCH",
+    "PREFIX_REUSE_FAMILIES",
+    "render_questions",
+    "single_turn",
+    "splice_template",
+]

@@ -6,14 +6,16 @@ the text in vlm3's prompts), ``temperature=0`` and ``max_tokens``. Requests go t
 ``openai`` client (its retries with exponential backoff on timeouts, connection errors, 408, 409,
 429 and 5xx, honouring ``Retry-After``) over one ``httpx`` connection pool, at most
 ``max_concurrency`` in flight. ``query_many`` sends independent requests with byte-identical image
-prefixes, which servers with prefix caching (vLLM, SGLang) reuse.
+prefixes, which servers with prefix caching (vLLM, SGLang) reuse; the first of them goes alone, so
+the prefix is cached before the others arrive.
 
 Bounds (every request): ``timeout`` seconds per attempt (connect, each read, write),
 ``max_retries`` retries, ``total_timeout`` seconds per question over all its attempts and the
 waits between them, and ``max_answer_bytes`` per answer (a longer body is not read further, nor
 parsed). A silent server therefore costs each question at most ``total_timeout`` (plus at most
 one backoff wait, <= 1 s with 2 retries), and a call of N questions at most
-``ceil(N / max_concurrency) * total_timeout``.
+``ceil(N / max_concurrency) * total_timeout`` (``(1 + ceil((N - 1) / max_concurrency)) *
+total_timeout`` for N questions about the same images, whose first goes alone).
 
 Failures: a question whose request still fails after its retries -- a timeout, a connection
 refused or reset, a persistent 408/409/429/5xx, the total timeout, a body that is not JSON or has
@@ -244,8 +246,13 @@ class OpenAIBackend(Backend):
             payloads.append(self._payload(r, [urls[id(im)] for im in r.images], max_new_tokens))
         if len(payloads) <= 1:
             return [self._post(p) for p in payloads]
+        first: list[Completion] = []
+        if len({tuple(id(im) for im in r.images) for r in requests}) == 1 and requests[0].images:
+            # Questions about the same images (query_many): the first goes alone, so a server with
+            # prefix caching (vLLM, SGLang) holds the image prefix before the rest arrive.
+            first, payloads = [self._post(payloads[0])], payloads[1:]
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(payloads))) as pool:
-            return list(pool.map(self._post, payloads))
+            return first + list(pool.map(self._post, payloads))
 
     def served_settings(self) -> dict[str, Any] | None:
         """The model's ``vlm3.json`` as the server publishes it in ``GET /v1/models`` (``vlm3 serve``

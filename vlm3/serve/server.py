@@ -1,9 +1,41 @@
 """An OpenAI-compatible HTTP server around a vlm3 backend (``vlm3 serve``).
 
-Endpoints: ``POST /v1/chat/completions`` (text and ``image_url`` parts with base64 data URLs) and
-``GET /v1/models``. Decoding is greedy: ``temperature`` must be absent or 0 (other values are
-rejected with 400 rather than silently ignored; ``top_p`` / ``top_k`` / penalties are accepted and
-ignored because greedy decoding does not use them). Remote image URLs are never fetched.
+Endpoints: ``POST /v1/chat/completions`` (text and ``image_url`` parts with base64 data URLs),
+``GET /v1/models``, ``GET /v1/models/{id}`` and ``GET /health`` (``{"status": "ok", "model",
+"queue_depth", "waiting", "running", "max_queue"}``; it needs no API key, and names the model only to
+a client that sends the key when one is configured). Remote image URLs are never fetched.
+
+OpenAI options
+--------------
+Decoding is greedy. An option is honoured, ignored because greedy decoding makes it irrelevant, or
+refused with 400 naming it (``param``) -- never silently ignored when it would change the answer:
+
+- honoured: ``model``, ``messages`` (roles ``system``, ``developer`` (= system), ``user``,
+  ``assistant``), ``max_tokens`` / ``max_completion_tokens``, ``stop`` (a string or a list of up to 4
+  non-empty strings), ``stream`` (with ``stream_options.include_usage``), ``n`` = 1, ``temperature``
+  = 0;
+- ignored (no effect on a greedy answer): ``top_p``, ``top_k``, ``min_p``, ``seed``, ``user``,
+  ``metadata``, ``store``, ``parallel_tool_calls``, ``prediction``, ``reasoning_effort`` and any other
+  field not listed here;
+- refused (``unsupported_value``: a value the server cannot honour; ``unsupported_parameter``: a
+  feature it does not have): ``temperature`` != 0, ``n`` > 1, ``logprobs`` = true, ``top_logprobs`` >
+  0, ``tools`` / ``functions`` (non-empty), ``tool_choice`` / ``function_call`` other than
+  ``"none"`` / ``"auto"``, ``response_format`` other than ``{"type": "text"}``, ``logit_bias``
+  (non-empty), ``presence_penalty`` / ``frequency_penalty`` != 0, ``repetition_penalty`` != 1,
+  ``modalities`` other than ``["text"]``, ``audio``.
+
+``stop``: the answer is generated greedily to its end-of-turn token or ``max_tokens``, then cut
+(post hoc) where generation would have stopped: at the earliest point of the answer's text at which
+it contains a stop sequence, before the first stop sequence in it; ``finish_reason`` is then
+``"stop"`` and the stop text is not included. Greedy tokens do not depend on where generation
+stops, so the text is exactly what stopping during generation gives (OpenAI and vLLM semantics);
+only when two stop sequences overlap in the text and complete within one token can a
+token-by-token server cut at the other one. ``usage.completion_tokens`` counts the tokens the
+server generated, past the stop sequence too.
+
+``stream``: the answer is sent when it is complete, as server-sent events in the OpenAI format (a
+chunk with the role and whole text, one with ``finish_reason``, a usage chunk with
+``stream_options.include_usage``, then ``data: [DONE]``); it is not streamed token by token.
 
 Life of a request
 -----------------
@@ -28,10 +60,15 @@ Life of a request
 4. **Isolation.** If a backend call fails for a batch of several requests, its requests are retried
    one by one, so only a request that fails on its own gets an error; its batch-mates are answered.
 
-Errors are JSON ``{"error": {"message", "type", "param", "code"}}``:
+Errors, whatever the route, are OpenAI's JSON ``{"error": {"message", "type", "param", "code"}}``
+(``type`` ``invalid_request_error`` for client errors; ``param`` names the field at fault, e.g.
+``messages[0].content[1]``, or is null), so OpenAI clients raise their usual exceptions
+(``openai.BadRequestError`` for 400, ...):
 
 ====  =========================================================================================
-400   malformed JSON (``invalid_json``); unsupported option (``unsupported_value``); ``max_tokens``
+400   malformed JSON (``invalid_json``); wrong request schema: a missing field, a wrong type or
+      value (``invalid_schema``); option value the server cannot honour (``unsupported_value``);
+      option it does not support (``unsupported_parameter``); ``max_tokens``
       over the cap (``max_tokens_too_large``); bad message structure (``invalid_messages``); bad or
       unreadable image (``invalid_image``); image over ``max_image_pixels`` (``image_too_large``);
       images over ``max_request_pixels`` together (``request_pixels_too_large``); text with special
@@ -39,9 +76,9 @@ Errors are JSON ``{"error": {"message", "type", "param", "code"}}``:
       ``max_tokens`` over the model's context (``context_length_exceeded``); a request the model's
       processor rejects on its own at generation time (``invalid_input``)
 401   missing or wrong API key (``invalid_api_key``)
-404   unknown model (``model_not_found``)
+404   unknown model (``model_not_found``); unknown route (``unknown_url``)
+405   method not allowed on a route (``method_not_allowed``, with ``Allow``)
 413   body larger than ``max_request_bytes`` (``request_too_large``)
-422   wrong request schema (``invalid_schema``)
 500   generation failed for this request on its own for a reason that is not its input
       (``generation_failed``)
 503   queue full (``queue_full``) or out of memory (``out_of_memory``), both with ``Retry-After``;
@@ -74,6 +111,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -81,8 +119,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vlm3.models.backend import Backend, ChatRequest, Completion
 
@@ -105,6 +145,8 @@ MAX_TOKENS_LIMIT = DEFAULT_MAX_TOKENS_LIMIT  # the former fixed cap, kept for im
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG includes MPO (phone cameras)
 #: Bytes PIL uses per pixel of an RGB image.
 RGB_BYTES_PER_PIXEL = 4
+#: Most stop sequences a request may give (OpenAI's limit).
+MAX_STOP_SEQUENCES = 4
 
 
 def request_memory_bound(
@@ -123,7 +165,8 @@ def request_memory_bound(
 
 
 class _Open(BaseModel):
-    # Unknown OpenAI fields (top_p, seed, user, ...) are accepted and ignored.
+    # Unknown OpenAI fields (top_p, seed, user, ...) are accepted; those that would change the
+    # answer are refused by _check_options.
     model_config = ConfigDict(extra="allow")
 
 
@@ -143,8 +186,9 @@ class ImagePart(_Open):
 
 
 class ChatMessage(_Open):
-    role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart | ImagePart]
+    role: Literal["system", "developer", "user", "assistant"]
+    #: A string or a list of text / image_url parts, checked by :func:`_parse_content` (errors name the part).
+    content: Any
 
 
 class ChatCompletionRequest(_Open):
@@ -153,8 +197,30 @@ class ChatCompletionRequest(_Open):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = None
-    n: int = 1
-    stream: bool = False
+    n: int | None = None
+    stream: bool | None = None
+    #: A string or a list of strings, checked by :func:`_stop_sequences`.
+    stop: Any = None
+    stream_options: Any = None
+
+
+#: Options the server cannot honour: name -> (values that leave the greedy answer unchanged, code,
+#: why any other value is refused).
+UNSUPPORTED_OPTIONS: dict[str, tuple[tuple[Any, ...], str, str]] = {
+    "logprobs": ((None, False), "unsupported_parameter", "this server returns no token log-probabilities"),
+    "top_logprobs": ((None, 0), "unsupported_parameter", "this server returns no token log-probabilities"),
+    "tools": ((None, []), "unsupported_parameter", "this server does not support tools (function calling)"),
+    "tool_choice": ((None, "none", "auto"), "unsupported_parameter", "this server does not support tools (function calling)"),
+    "functions": ((None, []), "unsupported_parameter", "this server does not support function calling"),
+    "function_call": ((None, "none", "auto"), "unsupported_parameter", "this server does not support function calling"),
+    "response_format": ((None, {"type": "text"}), "unsupported_parameter", "answers are plain text (only {\"type\": \"text\"} is accepted)"),
+    "logit_bias": ((None, {}), "unsupported_parameter", "it would change the greedy answer and this server does not apply it"),
+    "presence_penalty": ((None, 0), "unsupported_value", "this server decodes greedily without penalties (only 0 is accepted)"),
+    "frequency_penalty": ((None, 0), "unsupported_value", "this server decodes greedily without penalties (only 0 is accepted)"),
+    "repetition_penalty": ((None, 1), "unsupported_value", "this server decodes greedily without penalties (only 1 is accepted)"),
+    "modalities": ((None, ["text"]), "unsupported_value", "this server answers in text only"),
+    "audio": ((None,), "unsupported_parameter", "this server answers in text only"),
+}
 
 
 class APIError(Exception):
@@ -462,6 +528,9 @@ class PromptCounter:
 class _Prepared:
     request: ChatRequest
     max_tokens: int
+    stop: tuple[str, ...] = ()
+    stream: bool = False
+    include_usage: bool = False
 
 
 def create_app(
@@ -508,20 +577,20 @@ def create_app(
             data = json.loads(raw)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit
             raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from exc
+        if not isinstance(data, dict):
+            raise APIError(400, f"request body must be a JSON object, got {type(data).__name__}", code="invalid_schema")
         try:
             body = ChatCompletionRequest.model_validate(data)
         except (ValidationError, RecursionError) as exc:
-            detail = _describe(exc) if isinstance(exc, ValidationError) else "too deeply nested"
-            raise APIError(422, "invalid request: " + detail, code="invalid_schema") from exc
+            detail, param = _describe(exc) if isinstance(exc, ValidationError) else ("too deeply nested", None)
+            raise APIError(400, "invalid request: " + detail, code="invalid_schema", param=param) from exc
         del data
         if body.model is not None and body.model != model_name:
             raise APIError(404, f"model {body.model!r} is not served here; this server serves {model_name!r}", code="model_not_found", param="model")
-        if body.temperature not in (None, 0, 0.0):
-            raise APIError(400, f"temperature must be 0 or absent (this server decodes greedily), got {body.temperature}", code="unsupported_value", param="temperature")
-        if body.n != 1:
-            raise APIError(400, f"n must be 1 (greedy decoding gives one answer), got {body.n}", code="unsupported_value", param="n")
-        if body.stream:
-            raise APIError(400, "stream=true is not supported", code="unsupported_value", param="stream")
+        stop, include_usage = _check_options(body)
+        stream = bool(body.stream)
+        for i, message in enumerate(body.messages):
+            message.content = _parse_content(message.content, f"messages[{i}].content")
         max_tokens = body.max_completion_tokens or body.max_tokens or default_max_tokens
         if max_tokens > max_tokens_limit:
             param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
@@ -539,7 +608,7 @@ def create_app(
                     code="context_length_exceeded",
                     param="messages",
                 )
-        return _Prepared(chat, max_tokens)
+        return _Prepared(chat, max_tokens, stop, stream, include_usage)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -559,25 +628,56 @@ def create_app(
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
         return exc.response()
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _route_error(request, exc).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        param = _param_path([x for x in errors[0]["loc"] if x not in ("body", "query", "path")]) if errors else None
+        detail = "; ".join(f"{_param_path(e['loc'])}: {e['msg']}" for e in errors[:5])
+        return APIError(400, f"invalid request: {detail}", code="invalid_schema", param=param or None).response()
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error answering %s", request.url.path, exc_info=exc)
         return APIError(500, f"internal server error: {type(exc).__name__}", "server_error", "internal_error").response()
 
+    def authorised(request: Request) -> bool:
+        return api_key is None or _key_ok(request.headers.get("authorization"), api_key)
+
     @app.middleware("http")
     async def _auth(request: Request, call_next):
-        # Every route needs the key when one is configured.
-        if api_key is not None and not _key_ok(request.headers.get("authorization"), api_key):
+        # Every route but /health (for load balancers and probes) needs the key when one is configured.
+        if request.url.path != "/health" and not authorised(request):
             return APIError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'", "authentication_error", "invalid_api_key").response()
         return await call_next(request)
 
+    @app.get("/health")
+    async def health(request: Request) -> dict[str, Any]:
+        """Liveness and load: requests in the server (``queue_depth``), waiting and running."""
+        body: dict[str, Any] = {"status": "ok"}
+        if authorised(request):
+            body["model"] = model_name
+        return {**body, "queue_depth": admission.count, "waiting": batcher.waiting, "running": batcher.running, "max_queue": max_queue}
+
+    def model_entry() -> dict[str, Any]:
+        entry = {"id": model_name, "object": "model", "created": created, "owned_by": "vlm3"}
+        return {**entry, "vlm3": vlm3} if vlm3 is not None else entry
+
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        entry = {"id": model_name, "object": "model", "created": created, "owned_by": "vlm3"}
-        return {"object": "list", "data": [{**entry, "vlm3": vlm3} if vlm3 is not None else entry]}
+        return {"object": "list", "data": [model_entry()]}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> JSONResponse:
+    @app.get("/v1/models/{model_id:path}")
+    async def retrieve_model(model_id: str) -> dict[str, Any]:
+        if model_id != model_name:
+            raise APIError(404, f"model {model_id!r} is not served here; this server serves {model_name!r}", code="model_not_found", param="model")
+        return model_entry()
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
         with admission:  # 503 when --max-queue requests are already in the server
             raw = await _read_body(request, max_request_bytes)
             prepared = await asyncio.get_running_loop().run_in_executor(pool[0], prepare, raw)
@@ -588,22 +688,22 @@ def create_app(
                 raise
             except Exception as exc:
                 raise _generation_error(exc, batcher) from exc
+        text, finish_reason = result.text, result.finish_reason or "stop"
+        cut = cut_at_stop(text, prepared.stop)
+        if cut is not None:
+            text, finish_reason = text[:cut], "stop"
         prompt = result.prompt_tokens or 0
         completion = result.completion_tokens or 0
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name}
+        if prepared.stream:
+            return StreamingResponse(_sse_chunks(head, text, finish_reason, usage if prepared.include_usage else None), media_type="text/event-stream")
         return JSONResponse(
             {
-                "id": f"chatcmpl-{uuid.uuid4().hex}",
+                **head,
                 "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model_name,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": result.text},
-                        "finish_reason": result.finish_reason or "stop",
-                    }
-                ],
-                "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
+                "usage": usage,
             }
         )
 
@@ -626,6 +726,34 @@ def _generation_error(exc: Exception, batcher: Batcher) -> APIError:
     return APIError(500, f"generation failed: {name}: {exc}", "server_error", "generation_failed")
 
 
+def _sse_chunks(head: dict[str, Any], text: str, finish_reason: str, usage: dict[str, int] | None) -> Iterator[bytes]:
+    """A complete answer as OpenAI ``chat.completion.chunk`` server-sent events, then ``[DONE]``."""
+    extra = {"usage": None} if usage is not None else {}
+    chunks = [
+        {**head, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}], **extra},
+        {**head, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}], **extra},
+    ]
+    if usage is not None:
+        chunks.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+    for chunk in chunks:
+        yield f"data: {json.dumps(chunk)}\n\n".encode()
+    yield b"data: [DONE]\n\n"
+
+
+def _route_error(request: Request, exc: StarletteHTTPException) -> APIError:
+    """Starlette's own HTTP errors (unknown route, wrong method, ...) as OpenAI-style errors."""
+    where = f"{request.method} {request.url.path}"
+    routes = "POST /v1/chat/completions, GET /v1/models, GET /v1/models/{model}, GET /health"
+    if exc.status_code == 404:
+        return APIError(404, f"Invalid URL ({where}): this server answers {routes}", code="unknown_url")
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        return APIError(405, f"method {request.method} is not allowed on {request.url.path} (allowed: {allowed}); this server answers {routes}",
+                        code="method_not_allowed", headers=exc.headers)
+    kind = "server_error" if exc.status_code >= 500 else "invalid_request_error"
+    return APIError(exc.status_code, f"{where}: {exc.detail}", kind, headers=exc.headers)
+
+
 def _key_ok(header: str | None, key: str) -> bool:
     if not header or not header.lower().startswith("bearer "):
         return False
@@ -645,11 +773,127 @@ async def _read_body(request: Request, limit: int) -> bytearray:
     return body
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError) -> tuple[str, str | None]:
+    """A schema error as a message naming each field at fault, and the first such field (``param``)."""
     errors = exc.errors()
-    parts = [f"{'.'.join(str(x) for x in e['loc']) or 'body'}: {e['msg']}" for e in errors[:5]]
+    params = [_param_path(e["loc"]) for e in errors]
+    parts = [f"{param or 'body'}: {e['msg']}" for param, e in zip(params[:5], errors[:5])]
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-    return "; ".join(parts) + more
+    return "; ".join(parts) + more, (params[0] or None) if params else None
+
+
+def _param_path(loc: Sequence[str | int]) -> str:
+    """A pydantic error location as the server's field paths: ``("messages", 0, "role")`` -> ``messages[0].role``."""
+    path = ""
+    for item in loc:
+        path += f"[{item}]" if isinstance(item, int) else (f".{item}" if path else str(item))
+    return path
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A request value as JSON (as the client wrote it), cut to ``limit`` characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_options(body: ChatCompletionRequest) -> tuple[tuple[str, ...], bool]:
+    """Refuse (400, naming the option) what greedy decoding here cannot honour; return the stop
+    sequences and whether a stream ends with a usage chunk."""
+    if body.temperature not in (None, 0, 0.0):
+        raise APIError(400, f"temperature must be 0 or absent (this server decodes greedily), got {body.temperature}", code="unsupported_value", param="temperature")
+    if body.n not in (None, 1):
+        raise APIError(400, f"n must be 1 (greedy decoding gives one answer), got {body.n}", code="unsupported_value", param="n")
+    extra = body.model_extra or {}
+    for name, (neutral, code, why) in UNSUPPORTED_OPTIONS.items():
+        value = extra.get(name)
+        if not any(_same(value, ok) for ok in neutral):
+            raise APIError(400, f"{name}={_short(value)} is not supported: {why}", code=code, param=name)
+    include_usage = False
+    if body.stream_options is not None:
+        options = body.stream_options
+        if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+            raise APIError(400, f"stream_options must be an object like {{\"include_usage\": true}}, got {_short(options)}", code="invalid_schema", param="stream_options")
+        include_usage = options.get("include_usage", False)
+    return _stop_sequences(body.stop), include_usage
+
+
+def _same(value: Any, ok: Any) -> bool:
+    """``value`` equals ``ok`` and is of its kind (numbers compare as numbers; True is not 1)."""
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if number(ok):
+        return number(value) and value == ok
+    return type(value) is type(ok) and value == ok
+
+
+def _stop_sequences(value: Any) -> tuple[str, ...]:
+    """``stop`` (absent, a string, or a list of at most :data:`MAX_STOP_SEQUENCES` non-empty strings) as a tuple."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+        raise APIError(400, f"stop must be a string or a list of at most {MAX_STOP_SEQUENCES} strings, got {_short(value)}", code="invalid_schema", param="stop")
+    if len(items) > MAX_STOP_SEQUENCES:
+        raise APIError(400, f"stop may hold at most {MAX_STOP_SEQUENCES} sequences, got {len(items)}", code="invalid_schema", param="stop")
+    if any(not s for s in items):
+        raise APIError(400, "stop sequences must not be empty strings", code="invalid_schema", param="stop")
+    return tuple(items)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> int | None:
+    """Where an answer ends for stop sequences ``stop`` (OpenAI semantics); None when none occurs.
+
+    Generation stops as soon as the text contains a stop sequence: at the end ``e`` of the stop
+    sequence that completes first. The answer is that text, ``text[:e]``, up to the first stop
+    sequence in it (the stop text itself is left out).
+    """
+    found = [(i + len(s), s) for s in stop if (i := text.find(s)) >= 0]
+    if not found:
+        return None
+    end = min(e for e, _ in found)
+    head = text[:end]
+    return min(i for s in stop if (i := head.find(s)) >= 0)
+
+
+def _validate_part(model: type[TextPart] | type[ImagePart], part: dict[str, Any], at: str) -> Any:
+    """``part`` as ``model``; 400 naming the part when a field of it has the wrong type."""
+    try:
+        return model.model_validate(part)
+    except ValidationError as exc:
+        detail, _ = _describe(exc)
+        raise APIError(400, f"{at}: invalid {part.get('type')} part: {detail}", code="invalid_messages", param=at) from exc
+
+
+def _parse_content(content: Any, where: str) -> str | list[TextPart | ImagePart]:
+    """A message's content as a string or text / image_url parts; 400 naming the part at fault."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise APIError(400, f"{where} must be a string or a list of content parts, got {_short(content)}", code="invalid_messages", param=where)
+    parts: list[TextPart | ImagePart] = []
+    for j, part in enumerate(content):
+        at = f"{where}[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise APIError(400, f"{at}.text must be a string, got {_short(part.get('text'))}", code="invalid_messages", param=f"{at}.text")
+            parts.append(_validate_part(TextPart, part, at))
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if not isinstance(url, str):
+                raise APIError(400, f"{at}.image_url must be {{\"url\": \"data:image/...;base64,...\"}} or that URL as a string, got {_short(image)}",
+                               code="invalid_messages", param=f"{at}.image_url")
+            parts.append(_validate_part(ImagePart, part, at))
+        elif isinstance(part, dict):
+            raise APIError(400, f"{at}.type must be \"text\" or \"image_url\" (the parts this server reads), got {_short(kind)}", code="invalid_messages", param=f"{at}.type")
+        else:
+            raise APIError(400, f"{at} must be a content part object with a 'type', got {_short(part)}", code="invalid_messages", param=at)
+    return parts
 
 
 def _to_chat_request(
@@ -660,10 +904,11 @@ def _to_chat_request(
     messages, images, image_tokens = [], [], []
     pixels = 0
     for i, message in enumerate(body.messages):
+        role = "system" if message.role == "developer" else message.role  # OpenAI's newer name for system
         if isinstance(message.content, str):
             if counter is not None:
                 counter.check_text(message.content, f"messages[{i}].content")
-            messages.append({"role": message.role, "content": [{"type": "text", "text": message.content}]})
+            messages.append({"role": role, "content": [{"type": "text", "text": message.content}]})
             continue
         parts = []
         for j, part in enumerate(message.content):
@@ -694,7 +939,7 @@ def _to_chat_request(
             image_tokens.append(counter.image_tokens(image, where) if counter is not None else None)
             images.append(image)
             parts.append({"type": "image"})
-        messages.append({"role": message.role, "content": parts})
+        messages.append({"role": role, "content": parts})
     try:
         return ChatRequest(messages, images), image_tokens
     except ValueError as exc:
@@ -793,11 +1038,14 @@ def serve(
 
 
 __all__ = [
+    "MAX_STOP_SEQUENCES",
+    "UNSUPPORTED_OPTIONS",
     "APIError",
     "Batcher",
     "ChatCompletionRequest",
     "PromptCounter",
     "create_app",
+    "cut_at_stop",
     "decode_image",
     "published_settings",
     "request_memory_bound",

@@ -259,12 +259,15 @@ def view_text_coords(view: Any, index: int, pixels: np.ndarray, settings: Any) -
 
 def encode_view_pixels(view: Any, index: int, pixels: np.ndarray, settings: Any) -> np.ndarray:
     """Integer text coordinates (N, 2) of transformed-view pixels: :func:`view_text_coords`
-    rounded half-to-even (Python's ``round``, as the released code does) and kept in [0, N)."""
+    rounded half-to-even (Python's ``round``, as the released code does) and kept in [0, N).
+
+    A pixel in the sub-pixel sliver beyond the canvas's right / bottom edge that a rounded size
+    cuts off (``vlm3.data.unify.not_asked_reasons``) gets N - 1, the last column / row."""
     from vlm3.textref import encode_pixels
 
     if settings.pixel_convention == "center":
         K = view.record.views[index].K
-        return encode_pixels(pixels, K.width, K.height, settings.n_coords)
+        return encode_pixels(pixels, K.width, K.height, settings.n_coords, clamp=True)
     coords = np.round(view_text_coords(view, index, pixels, settings))
     return np.clip(coords, 0, settings.n_coords - 1).astype(np.int64)
 

@@ -1,10 +1,10 @@
 """Supervised fine-tuning with the VLM3 recipe.
 
-``load_config`` reads and validates a YAML config (``configs/*.yaml``); ``train`` runs it on TRL's
+``load_config`` reads and validates a YAML config (e.g. ``vlm3/configs/*.yaml``); ``train`` runs it on TRL's
 ``SFTTrainer`` and resumes from the newest complete checkpoint when re-run::
 
     from vlm3.train import load_config, train
-    result = train(load_config("configs/tiny-cpu.yaml", ["train.max_steps=100"]))
+    result = train(load_config("vlm3/configs/tiny-cpu.yaml", ["train.max_steps=100"]))
     print(result.final_dir)
 
 The config names import nothing heavy; the training names (``train``, ``TrainResult``, ...) load

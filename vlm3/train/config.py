@@ -30,7 +30,7 @@ class ModelConfig(ConfigModel):
     min_pixels: int | None = Field(None, ge=1, description="processor pixel budget; None keeps the checkpoint's")
     max_pixels: int | None = Field(None, ge=1, description="processor pixel budget (upper); None keeps the checkpoint's")
     freeze_vision: bool = Field(False, description="keep the vision tower (and its merger) fixed")
-    lora: bool = Field(False, description="train LoRA adapters (peft) instead of every weight")
+    lora: bool = Field(False, description="train LoRA adapters (peft) instead of every weight; final/ holds them merged, final/adapter the adapter")
     lora_r: int = Field(16, ge=1, description="LoRA rank")
     lora_alpha: int = Field(32, gt=0, description="LoRA scaling alpha")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA path")
@@ -92,7 +92,7 @@ class TrainConfig(ConfigModel):
     dataloader_num_workers: int = Field(0, ge=0, description="processes building samples")
     report_to: list[str] | str = Field("none", description="transformers loggers, e.g. tensorboard, wandb")
     fsdp: str = Field("", description='transformers\' own FSDP switch ("full_shard auto_wrap" only); clusters leave it '
-                      "empty and launch with an accelerate config: configs/accelerate/fsdp-hybrid.yaml")
+                      "empty and launch with an accelerate config: vlm3/configs/accelerate/fsdp-hybrid.yaml")
     seed: int = Field(0, description="model initialisation and dropout")
 
 
@@ -120,8 +120,11 @@ def parse_config(data: dict[str, Any], overrides: list[str] | None = None, sourc
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config file; errors name the file and the field."""
-    path = Path(path)
+    """Read a YAML config file, or a shipped one by name (``tiny-cpu``, see ``vlm3.paths``); errors
+    name the file and the field."""
+    from vlm3.paths import shipped_config
+
+    path = shipped_config(path)
     cfg = parse_config(read_yaml(path), overrides, source=str(path))
     # Relative dataset paths are relative to the config file's folder.
     for entry in cfg.data.datasets:

@@ -7,6 +7,12 @@ the Trainer shards the plan across ranks. Re-running the same command resumes fr
 checkpoint in ``train.output_dir`` with the same data order and schedule, and with every weight
 of the checkpoint, read through the model's own key conversion (:func:`load_checkpoint_weights`);
 a checkpoint whose weights do not all load is refused (:class:`CheckpointError`).
+
+``final/`` is always a full transformers checkpoint with its processor, ``vlm3.json`` and vlm3's
+model card (``README.md``, :mod:`vlm3.train.card`). A LoRA run (``model.lora``) merges its adapter
+into it (:func:`merge_lora`) and keeps the adapter in ``final/adapter``; adapters (there and in
+``checkpoint-N``) record their base as an absolute folder or a hub id, so
+:func:`vlm3.models.hf.load_model_and_processor` loads them from any working directory.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class TrainResult:
     global_step: int
     train_seconds: float
     resumed_from: str | None
+    adapter_dir: Path | None = None  # LoRA runs: final/adapter (final/ holds the merged model)
 
 
 def world_size() -> int:
@@ -273,6 +280,36 @@ class RestoreWeightsOnResume:
         load_checkpoint_weights(target, resume_from_checkpoint)
 
 
+class NoTRLCard:
+    """Trainer mixin: no TRL model card (it names no local base model: "fine-tuned version of
+    [None]"); :func:`train` writes vlm3's own (:mod:`vlm3.train.card`) at the end."""
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+ADAPTER_DIR = "adapter"  # a LoRA run's adapter, inside final/
+
+
+def merge_lora(adapter_dir: str | Path, out_dir: str | Path, dtype: str = "auto") -> Path:
+    """Save the base model of ``adapter_dir`` with the adapter merged in (peft ``merge_and_unload``)
+    as a full transformers checkpoint in ``out_dir``; returns ``out_dir``.
+
+    Loads through :func:`vlm3.models.hf.load_model_and_processor`, so the merged weights are
+    exactly what loading the adapter folder gives. Adapter files a former run left at the top of
+    ``out_dir`` are removed (they would make it look like an adapter folder).
+    """
+    from vlm3.models.hf import ADAPTER_CONFIG, load_model_and_processor
+
+    out_dir = Path(out_dir)
+    model, _ = load_model_and_processor(adapter_dir, dtype=dtype)  # type: ignore[arg-type]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (ADAPTER_CONFIG, "adapter_model.safetensors", "adapter_model.bin"):
+        (out_dir / stale).unlink(missing_ok=True)
+    model.save_pretrained(str(out_dir))
+    return out_dir
+
+
 def train(
     cfg: Config,
     *,
@@ -292,7 +329,7 @@ def train(
     from trl import SFTConfig, SFTTrainer
 
     from vlm3.data.mixture import mixture_table
-    from vlm3.models.hf import load_model_and_processor, patch_multiple
+    from vlm3.models.hf import load_model_and_processor, model_reference, patch_multiple
 
     t, m = cfg.train, cfg.model
     torch.manual_seed(t.seed)
@@ -381,7 +418,7 @@ def train(
     collator = None
     if multi_turn and is_chatml(processor):
         collator = ChatMLCollator(processor)  # same labels as TRL's, without its per-token Python loop
-    trainer_class = type("VLM3SFTTrainer", (RestoreWeightsOnResume, SFTTrainer), {})
+    trainer_class = type("VLM3SFTTrainer", (NoTRLCard, RestoreWeightsOnResume, SFTTrainer), {})
     trainer = trainer_class(model=model, args=args, train_dataset=train_ds, processing_class=processor, peft_config=peft_config,
                             callbacks=callbacks, data_collator=collator)
     if t.max_length is not None:
@@ -396,13 +433,37 @@ def train(
 
     final = out / "final"
     # Every rank takes part: under FSDP saving gathers the sharded weights; the Trainer writes
-    # the files on the main process only.
-    trainer.save_model(str(final))
+    # the files on the main process only. A LoRA run keeps its adapter in final/adapter (the base
+    # recorded as an absolute folder or hub id: the loader set model.name_or_path so) and merges
+    # it into a full checkpoint in final/, so final/ loads like any other checkpoint.
+    adapter = final / ADAPTER_DIR if m.lora else None
+    trainer.save_model(str(adapter or final))
     if is_main:
+        if adapter is not None:
+            cfg.save(adapter, settings)
+            merge_lora(adapter, final, m.dtype)
         processor.save_pretrained(str(final))
         cfg.save(final, settings)
+        _write_card(cfg, out, final, adapter, datasets, probs, trainer.state.global_step, model_reference(m.name_or_path))
     if periodic:
         callbacks[-1].final(trainer.model, trainer.state.global_step)
     trainer.accelerator.wait_for_everyone()  # final/ is complete when any rank returns
-    return TrainResult(out, final, trainer.state.global_step, seconds, last)
+    return TrainResult(out, final, trainer.state.global_step, seconds, last, adapter)
 
+
+def _write_card(
+    cfg: Config,
+    out: Path,
+    final: Path,
+    adapter: Path | None,
+    datasets: list[LoadedDataset],
+    probs: dict[str, float],
+    global_step: int,
+    base_model: str,
+) -> None:
+    """vlm3's model card as README.md in final/, the run folder and final/adapter (LoRA)."""
+    from vlm3.train.card import MixtureRow, model_card, write_model_card
+
+    rows = [MixtureRow(d.name, str(Path(d.path).absolute()), len(d.records), d.weight, probs.get(d.name, 0.0)) for d in datasets]
+    card = model_card(cfg, final, rows, global_step=global_step, base_model=base_model, adapter_dir=adapter)
+    write_model_card([final, out] + ([adapter] if adapter is not None else []), card)

@@ -52,7 +52,8 @@ Options (``--option key=value``)
 --------------------------------
 - ``depth_type``: ``z`` (default) or ``range``.
 - ``principal_point``: ``center`` (default) or ``corner``.
-- ``chunk_size``: lines per work unit (default 256).
+- ``chunk_size``: lines per work unit (default 256, fewer for datasets under 8192 lines so that
+  there are at least 32 units for ``--workers`` to share; the size depends on the data only).
 - ``glob``: which files under ROOT to read (default ``**/*.jsonl``).
 - ``dataset``: the dataset name written into records (default: the ROOT folder's name).
 
@@ -75,6 +76,7 @@ from vlm3.data.sampling import item_rng
 from vlm3.data.validate import make_record
 
 DEFAULT_CHUNK = 256
+MIN_UNITS = 32  # without chunk_size a small dataset still gets this many units (~4 per worker at --workers 8)
 OPTION_KEYS = ("depth_type", "principal_point", "chunk_size", "glob", "dataset")
 
 
@@ -90,7 +92,7 @@ class DepthLMJsonlAdapter(Adapter):
         "ROOT/*.jsonl (or **/*.jsonl)  one JSON object per line: image, intrinsics, pixel_coords, depth\n"
         "ROOT/<image paths named in the JSONL>\n"
         "options: depth_type=z|range (default z), principal_point=center|corner (default center),\n"
-        "         chunk_size=N (lines per unit, default 256), glob=PATTERN, dataset=NAME"
+        "         chunk_size=N (lines per unit, default 256; at least 32 units), glob=PATTERN, dataset=NAME"
     )
     labels: ClassVar[tuple[str, ...]] = ("depth",)
 
@@ -112,10 +114,10 @@ class DepthLMJsonlAdapter(Adapter):
         if self.principal_point not in ("center", "corner"):
             raise ValueError(f"{self.name}: option principal_point={self.principal_point!r} must be 'center' or 'corner'")
         try:
-            self.chunk_size = int(extra.get("chunk_size", DEFAULT_CHUNK))
+            self.chunk_size: int | None = int(extra["chunk_size"]) if "chunk_size" in extra else None  # None: auto_chunk_size
         except ValueError:
             raise ValueError(f"{self.name}: option chunk_size={extra['chunk_size']!r} must be a positive integer") from None
-        if self.chunk_size < 1:
+        if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"{self.name}: option chunk_size={self.chunk_size} must be >= 1")
         self.pattern = extra.get("glob", "**/*.jsonl")
         self.dataset = extra.get("dataset") or self.root.resolve().name
@@ -125,15 +127,18 @@ class DepthLMJsonlAdapter(Adapter):
         if not self.files:
             raise FileNotFoundError(f"{self.name}: no files matching {self.pattern!r} under {self.root}")
         self._offsets: dict[str, list[int]] = {}
+        self._file_set = frozenset(self.files)  # unit checks stay O(1) with many files
 
     # --- units ---------------------------------------------------------------------------------
     def units(self) -> list[str]:
-        """``"<file>:<first line>-<last line>"`` chunks (1-based, zero-padded so names sort in file order)."""
+        """``"<file>:<first line>-<last line>"`` chunks (1-based, zero-padded so names sort in file order)
+        of ``chunk_size`` lines, or of :func:`auto_chunk_size` lines without it."""
+        size = self.chunk_size or auto_chunk_size(sum(len(self._chunk_offsets(rel)[1]) for rel in self.files))
         out = []
         for rel in self.files:
             n = len(self._chunk_offsets(rel)[1])
-            for start in range(1, n + 1, self.chunk_size):
-                out.append(f"{rel}:{start:08d}-{min(start + self.chunk_size - 1, n):08d}")
+            for start in range(1, n + 1, size):
+                out.append(f"{rel}:{start:08d}-{min(start + size - 1, n):08d}")
         return out
 
     def _chunk_offsets(self, rel: str) -> tuple[list[int], list[int]]:
@@ -154,7 +159,7 @@ class DepthLMJsonlAdapter(Adapter):
             start, end = (int(x) for x in span.split("-"))
         except ValueError:
             raise ValueError(f"{self.name}: bad unit {unit!r}, expected 'FILE:FIRST-LAST'") from None
-        if rel not in self.files:
+        if rel not in self._file_set:
             raise ValueError(f"{self.name}: unit {unit!r} names a file that is not under {self.root} ({self.pattern})")
         return rel, start, end
 
@@ -251,6 +256,13 @@ class DepthLMJsonlAdapter(Adapter):
                     f.seek(size - (1 << 20))
                     h.update(f.read())
         return "sha256:" + h.hexdigest()[:16]
+
+
+def auto_chunk_size(lines: int) -> int:
+    """Lines per unit when ``chunk_size`` is not given: 256 (DEFAULT_CHUNK), fewer for a dataset of
+    under 32 x 256 lines so that it still splits into MIN_UNITS units. It depends on the dataset
+    alone, never on ``--workers``, so units, shards and resuming are the same for any worker count."""
+    return max(1, min(DEFAULT_CHUNK, math.ceil(lines / MIN_UNITS)))
 
 
 def _is_number(v: Any) -> bool:

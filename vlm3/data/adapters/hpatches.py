@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-from PIL import Image
 
 from vlm3.data.adapters.base import Adapter, AdapterOptions, Rejection, register
+from vlm3.data.adapters.kit import image_size
 from vlm3.data.records import Record
 from vlm3.data.sampling import item_rng, resolve_count, sample_pixels
+from vlm3.data.scenes import FrameError
 from vlm3.data.validate import make_record
 from vlm3.geometry.camera import Intrinsics
 
@@ -108,10 +109,9 @@ class HPatchesAdapter(Adapter):
         if not seq.is_dir():
             raise ValueError(f"{self.name}: no sequence folder {seq}")
         try:
-            with Image.open(seq / "1.ppm") as im:
-                size1 = im.size
-        except OSError as e:
-            yield Rejection(f"{unit}/1.ppm", "missing_file" if not (seq / "1.ppm").exists() else "unreadable_file", str(e))
+            size1 = image_size(seq / "1.ppm")  # displayed size (EXIF orientation), pixel cap
+        except FrameError as e:
+            yield Rejection(f"{unit}/1.ppm", e.reason, e.detail)
             return
         K1 = placeholder_intrinsics(*size1)
         # Every pixel centre of image 1, raster order, for the covisibility mask.
@@ -128,10 +128,9 @@ class HPatchesAdapter(Adapter):
         if not (seq / f"H_1_{k}").is_file():
             return Rejection(source, "missing_file", "file not found")
         try:
-            with Image.open(image_k) as im:
-                Kk = placeholder_intrinsics(*im.size)
-        except OSError as e:
-            return Rejection(f"{unit}/{k}.ppm", "unreadable_file", str(e))
+            Kk = placeholder_intrinsics(*image_size(image_k))
+        except FrameError as e:
+            return Rejection(f"{unit}/{k}.ppm", e.reason, e.detail)
         try:
             H = to_corner_origin(read_homography(seq / f"H_1_{k}"))
         except ValueError as e:

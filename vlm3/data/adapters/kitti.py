@@ -39,11 +39,12 @@ from typing import ClassVar
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from vlm3.data.adapters.base import Adapter, AdapterOptions, Rejection, register
+from vlm3.data.adapters.kit import image_size
 from vlm3.data.records import Record
 from vlm3.data.sampling import item_rng, resolve_count, sample_pixels, values_at
+from vlm3.data.scenes import FrameError
 from vlm3.data.validate import make_record
 from vlm3.geometry.camera import Intrinsics
 
@@ -150,10 +151,9 @@ class KITTIDepthAdapter(Adapter):
             return Rejection(source, "unreadable_file", f"expected a single-channel uint16 PNG, got {raw.dtype} {raw.shape}")
         height, width = raw.shape
         try:
-            with Image.open(rgb_path) as im:
-                rgb_size = im.size
-        except OSError as e:
-            return Rejection(source, "unreadable_file", f"{rgb_path.relative_to(self.root)}: {e}")
+            rgb_size = image_size(rgb_path)  # displayed size (EXIF orientation), pixel cap
+        except FrameError as e:
+            return Rejection(source, e.reason, f"{rgb_path.relative_to(self.root)}: {e.detail}")
         if rgb_size != (width, height):
             return Rejection(source, "size_mismatch", f"depth is {width}x{height} but the RGB image is {rgb_size[0]}x{rgb_size[1]}")
         try:

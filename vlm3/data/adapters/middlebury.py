@@ -42,11 +42,12 @@ from pathlib import Path
 from typing import BinaryIO, ClassVar
 
 import numpy as np
-from PIL import Image
 
 from vlm3.data.adapters.base import Adapter, AdapterOptions, Rejection, register
+from vlm3.data.adapters.kit import image_size
 from vlm3.data.records import Record
 from vlm3.data.sampling import item_rng, resolve_count, sample_pixels, values_at
+from vlm3.data.scenes import FrameError
 from vlm3.data.validate import make_record
 from vlm3.geometry.camera import Intrinsics
 from vlm3.geometry.pose import make_T
@@ -181,10 +182,9 @@ class MiddleburyAdapter(Adapter):
         sizes = {}
         for fname in ("im0.png", "im1.png"):
             try:
-                with Image.open(scene / fname) as im:
-                    sizes[fname] = im.size
-            except OSError as e:
-                yield Rejection(f"{unit}/{fname}", "unreadable_file", str(e))
+                sizes[fname] = image_size(scene / fname)  # displayed size (EXIF orientation), pixel cap
+            except FrameError as e:
+                yield Rejection(f"{unit}/{fname}", e.reason, e.detail)
                 return
         for what, size in (("im0.png", sizes["im0.png"]), ("im1.png", sizes["im1.png"]), ("disp0.pfm", disp.shape[::-1])):
             if tuple(size) != (width, height):

@@ -1,7 +1,7 @@
 """Synthetic 3D scenes rendered by exact ray casting: the built-in data source for tests and demos.
 
-Families (``fixed_rig``, ``random_rig``, ``outdoor``) are dataclass configs; every parameter can
-be overridden. One scene gives an RGB image with exact z-depth and an id map, optionally a second
+Families (``fixed_rig``, ``random_rig``, ``outdoor``, ``cluttered``; ``family_names()`` lists
+them) are dataclass configs; every parameter can be overridden. One scene gives an RGB image with exact z-depth and an id map, optionally a second
 view with exact dense correspondences, and labels for depth, pose, correspondence and objects::
 
     from vlm3.data.synth import get_family, render_scene, generate
