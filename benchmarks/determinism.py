@@ -52,7 +52,8 @@ def fingerprint(out: Path) -> dict:
         weights[path.parent.parent.name] = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     # Paths name the variant's folder: compare what is in it, not where it is.
     numbers = json.dumps(strip(results), sort_keys=True, default=str).replace(str(out), "OUT")
-    return {"weights": weights, "results": hashlib.sha256(numbers.encode()).hexdigest()[:12], "raw": strip(results)}
+    return {"weights": weights, "results": hashlib.sha256(numbers.encode()).hexdigest()[:12], "raw": strip(results),
+            "numerics": results.get("numerics", {})}
 
 
 def headline(raw: dict) -> str:
@@ -86,8 +87,8 @@ def main() -> None:
         fp = fingerprint(folder)
         same = next((n for n, f, _, _ in rows if f["weights"] == fp["weights"] and f["results"] == fp["results"]), None)
         rows.append((name, fp, same, time.perf_counter() - start))
-        numerics = fp["raw"].get("numerics", {})
-        print(f"{name:30s} threads {numerics.get('threads')} kernels {numerics.get('cpu_capability'):7s} "
+        numerics = fp["numerics"]
+        print(f"{name:30s} threads {numerics.get('threads')} kernels {str(numerics.get('cpu_capability')):7s} "
               f"{'identical to: ' + same if same else 'new weights and numbers':45s} {rows[-1][3]:5.0f} s  {headline(fp['raw'])}", flush=True)
     (args.out / "determinism.json").write_text(json.dumps([{"variant": n, "weights": f["weights"], "results_hash": f["results"],
                                                             "identical_to": same, "seconds": round(s)} for n, f, same, s in rows], indent=2))
