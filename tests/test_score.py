@@ -170,6 +170,17 @@ def test_object(tmp_path: Path) -> None:
     assert out["categories"]["direction"]["n"] == 1
 
 
+def test_object_zero_metre_ground_truth_scores(tmp_path: Path) -> None:
+    # Two objects at the same height: a vertical distance of exactly 0 m, answered exactly.
+    rows = [
+        {"pred": "The vertical distance is 0.00 meters.", "gt": 0.0, "kind": "quantitative", "category": "vertical_distance"},
+        {"pred": "0.01 meters", "gt": 0.008, "kind": "quantitative", "category": "vertical_distance"},
+        {"pred": "0.20 meters", "gt": 0.0, "kind": "quantitative", "category": "vertical_distance"},
+    ]
+    out = score_json("object", write_jsonl(tmp_path / "zero.jsonl", rows))
+    assert out["n"] == 3 and out["quantitative_success"] == pytest.approx(2 / 3)
+
+
 BAD_FILES = [
     ("depth", ['{"pred": 1, "gt": 1}', "{not json"], ":2: invalid JSON"),
     ("depth", ['[1, 2]'], ":1: expected a JSON object"),

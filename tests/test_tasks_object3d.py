@@ -277,3 +277,19 @@ def test_metrics_input_errors() -> None:
         object_metrics([True, 1.0], [True, 1.0], ["qualitative", "quantitative"], ["same", "same"])
     # A prediction of the wrong type is a failure, not an error.
     assert object_metrics(["yes"], [True], ["qualitative"])["parsed"] == 0
+
+
+def test_zero_and_sub_centimetre_lengths_score_exact_answers_as_successes() -> None:
+    from vlm3.tasks.object3d import QUANT_TOLERANCE_M, format_length, parse_length
+
+    gts = [0.0, 0.004, 0.012, 0.3, 2.5]
+    exact = [parse_length(format_length(g)) for g in gts]  # what a perfect model writes: 2 decimals
+    m = object_metrics(exact, gts, ["quantitative"] * len(gts))
+    assert m["quantitative_success"] == 1.0
+    # abs_rel leaves out the 0 m ground truth (no relative error) but keeps the others.
+    assert m["quantitative_abs_rel"] == pytest.approx(np.mean([abs(p - g) / g for p, g in zip(exact[1:], gts[1:])]))
+    # Beyond the 5 mm rounding tolerance and outside the 0.75-1.25 band: a miss.
+    miss = object_metrics([QUANT_TOLERANCE_M + 0.002, 0.02], [0.0, 0.012], ["quantitative"] * 2)
+    assert miss["quantitative_success"] == 0.0
+    with pytest.raises(ValueError):
+        object_metrics([0.0], [-0.1], ["quantitative"])

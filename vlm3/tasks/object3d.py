@@ -450,11 +450,18 @@ def parse_object_answer(text: Any, kind: str) -> bool | float | int | None:
 # --- metrics ------------------------------------------------------------------------------------
 
 
+QUANT_TOLERANCE_M = 0.005
+"""Quantitative answers within this many metres of the ground truth succeed whatever the ratio:
+half the 1 cm resolution of a length written in metres with 2 decimals (vlm3's answers), so an
+exact answer always succeeds, including a ground truth of 0 m (two objects at the same height) or
+under ~2 cm, where the 0.75-1.25 x band is narrower than the answer's rounding."""
+
+
 def check_gt(kind: str, gt: Any) -> None:
-    """Raise ValueError unless ``gt`` is a bool / positive metres / hour 1..12 for its ``kind``."""
+    """Raise ValueError unless ``gt`` is a bool / metres >= 0 / hour 1..12 for its ``kind``."""
     if kind == "qualitative" and isinstance(gt, (bool, np.bool_)):
         return
-    if kind == "quantitative" and (value := as_float(gt)) is not None and value > 0:
+    if kind == "quantitative" and (value := as_float(gt)) is not None and value >= 0:
         return
     if kind == "direction" and (value := as_float(gt)) is not None and value == int(value) and 1 <= value <= 12:
         return
@@ -483,7 +490,7 @@ def _correct(kind: str, pred: Any, gt: Any) -> bool:
     if kind == "qualitative":
         return pred == bool(gt)
     if kind == "quantitative":
-        return 0.75 * gt <= pred <= 1.25 * gt
+        return 0.75 * gt <= pred <= 1.25 * gt or abs(pred - gt) <= QUANT_TOLERANCE_M + 1e-9
     return clock_difference(pred, gt) <= 1
 
 
@@ -496,8 +503,9 @@ def object_metrics(
     """Object-level metrics; predictions already parsed (None = failure, counted wrong).
 
     - ``qualitative_acc``: share of correct yes/no answers;
-    - ``quantitative_success``: share with 0.75·gt <= pred <= 1.25·gt; ``quantitative_abs_rel``:
-      mean |pred - gt| / gt over parsed answers;
+    - ``quantitative_success``: share with 0.75·gt <= pred <= 1.25·gt or |pred - gt| <=
+      :data:`QUANT_TOLERANCE_M` (5 mm, the rounding of a 2-decimal answer); ``quantitative_abs_rel``:
+      mean |pred - gt| / gt over parsed answers whose gt is not 0 m;
     - ``direction_success``: share within 1 clock hour (circular);
     - ``categories``: per category (default: the kind) ``kind``, ``n``, ``parsed``, ``score``
       (the kind's accuracy / success rate) and, for quantitative ones, ``abs_rel``.
@@ -517,7 +525,7 @@ def object_metrics(
     kinds_arr = np.array(kinds, dtype=object)
 
     def abs_rel(mask: np.ndarray) -> float:
-        return mean_or_nan([abs(values[i] - gts[i]) / gts[i] for i in np.flatnonzero(mask & parsed)])
+        return mean_or_nan([abs(values[i] - gts[i]) / gts[i] for i in np.flatnonzero(mask & parsed) if gts[i] > 0])
 
     out: dict[str, Any] = {"n": n, "parsed": int(parsed.sum())}
     for kind, key in (("qualitative", "qualitative_acc"), ("quantitative", "quantitative_success"), ("direction", "direction_success")):
