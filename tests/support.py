@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -9,9 +10,34 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from vlm3.data.adapters import AdapterOptions, Rejection, get_adapter
 from vlm3.data.io import read_shard, write_shard
 from vlm3.data.records import Record, check_pixels_inside
+
+
+def random_image(seed: int, w: int, h: int) -> Image.Image:
+    """A w x h RGB image of uniform noise, the same for the same seed."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def make_depthlm_source(root: Path, n_images: int = 9, size: tuple[int, int] = (40, 30), seed: int = 0,
+                        focal: tuple[float, float] = (45.0, 47.0)) -> None:
+    """A tiny DepthLM-style dataset (``depthlm-jsonl`` layout): random images, 6 labelled pixels each,
+    principal point at the centre, ``focal`` = (fx, fy) pixels."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    (root / "rgb").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n_images):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / "rgb" / f"im{i}.png")
+        px = [[int(rng.integers(0, w)), int(rng.integers(0, h))] for _ in range(6)]
+        lines.append({"image": f"rgb/im{i}.png", "intrinsics": [*focal, w / 2, h / 2, w, h], "pixel_coords": px,
+                      "depth": rng.uniform(0.5, 9.0, 6).tolist()})
+    (root / "d.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
 
 
 def run_adapter(name: str, root: Path, **opts) -> tuple[list[Record], list[Rejection]]:

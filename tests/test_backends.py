@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from support import random_image as image
 from vlm3.models.backend import ChatRequest, Completion, open_backend, parse_spec, single_turn, spec_name, user_message
 
 DEPTH = "How far is the pixel at ({x}, {y}) from the camera? Both x and y are normalized to between [0, 2000)."
@@ -31,9 +32,6 @@ def tiny_backend(root, family: str, batch_size: int):
     return backend
 
 
-def image(seed: int, w: int, h: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
 @pytest.fixture(scope="module")

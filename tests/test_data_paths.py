@@ -7,11 +7,10 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
+from support import make_depthlm_source
 from vlm3.data.io import MANIFEST, image_root, read_manifest, read_records
 from vlm3.data.prepare import PrepareOptions, prepare
 from vlm3.paths import DATA_ENV, DataPathError, data_dir, dataset_dir, default_data_dir
@@ -83,20 +82,6 @@ def test_a_users_own_env_vars_still_expand_in_bench_configs(monkeypatch, tmp_pat
 # --- relocatable prepared folders -----------------------------------------------------------------
 
 
-def make_source(root: Path, n_images: int = 4, size: tuple[int, int] = (64, 48), seed: int = 0) -> None:
-    """A tiny DepthLM-style source (``depthlm-jsonl``): random images, 6 labelled pixels each."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    (root / "rgb").mkdir(parents=True)
-    lines = []
-    for i in range(n_images):
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / "rgb" / f"im{i}.png")
-        px = [[int(rng.integers(0, w)), int(rng.integers(0, h))] for _ in range(6)]
-        lines.append({"image": f"rgb/im{i}.png", "intrinsics": [60.0, 60.0, w / 2, h / 2, w, h], "pixel_coords": px,
-                      "depth": rng.uniform(0.5, 9.0, 6).tolist()})
-    (root / "d.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-
-
 def all_images_load(folder: Path) -> int:
     from vlm3.tasks.samples import load_images
 
@@ -108,7 +93,7 @@ def all_images_load(folder: Path) -> int:
 def moved(tmp_path) -> dict[str, Path]:
     """A source and its prepared folder side by side, moved together; a materialised folder moved alone."""
     share = tmp_path / "share"
-    make_source(share / "src")
+    make_depthlm_source(share / "src", 4, (64, 48), focal=(60.0, 60.0))
     plain = prepare("depthlm-jsonl", share / "src", share / "prep", PrepareOptions(), progress=False)
     mat = prepare("depthlm-jsonl", share / "src", tmp_path / "mat", PrepareOptions(materialize=True, focal=140.0, size_multiple=28), progress=False)
     assert plain.records == mat.records == 4, (plain.examples, mat.examples)
@@ -128,7 +113,7 @@ def test_moved_prepared_folders_still_find_their_images(moved):
 
 
 def test_a_folder_moved_without_its_source_falls_back_to_the_recorded_source(tmp_path):
-    make_source(tmp_path / "src")
+    make_depthlm_source(tmp_path / "src", 4, (64, 48), focal=(60.0, 60.0))
     prepare("depthlm-jsonl", tmp_path / "src", tmp_path / "prep", PrepareOptions(), progress=False)
     (tmp_path / "far" / "away").mkdir(parents=True)
     shutil.move(tmp_path / "prep", tmp_path / "far" / "away" / "prep")
@@ -139,7 +124,7 @@ def test_a_folder_moved_without_its_source_falls_back_to_the_recorded_source(tmp
 
 
 def test_old_manifests_with_absolute_image_roots_still_read(tmp_path):
-    make_source(tmp_path / "src")
+    make_depthlm_source(tmp_path / "src", 4, (64, 48), focal=(60.0, 60.0))
     prepare("depthlm-jsonl", tmp_path / "src", tmp_path / "prep", PrepareOptions(), progress=False)
     manifest = read_manifest(tmp_path / "prep")
     manifest["image_root"] = str((tmp_path / "src").resolve())  # as vlm3 wrote it before

@@ -21,23 +21,10 @@ from vlm3.data.records import Record
 from vlm3.data.adapters.base import REASONS
 from vlm3.data.validate import check_images, load_images, make_record
 from conftest import IBIMS
+from support import make_depthlm_source as make_dataset
 
 needs_ibims = pytest.mark.skipif(not (IBIMS / "ibims1_val.jsonl").is_file(), reason="iBims-1 sample not available")
 runner = CliRunner()
-
-
-def make_dataset(root: Path, n_images: int = 9, size: tuple[int, int] = (40, 30), seed: int = 0) -> None:
-    """A tiny DepthLM-style dataset: random images, 6 labelled pixels each."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    (root / "rgb").mkdir(parents=True, exist_ok=True)
-    lines = []
-    for i in range(n_images):
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / "rgb" / f"im{i}.png")
-        px = [[int(rng.integers(0, w)), int(rng.integers(0, h))] for _ in range(6)]
-        lines.append({"image": f"rgb/im{i}.png", "intrinsics": [45.0, 47.0, w / 2, h / 2, w, h], "pixel_coords": px,
-                      "depth": rng.uniform(0.5, 9.0, 6).tolist()})
-    (root / "d.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
 
 
 def shard_bytes(out: Path) -> dict[str, bytes]:

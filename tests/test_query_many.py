@@ -9,8 +9,8 @@ import types
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from support import random_image as image
 from vlm3.models.backend import single_turn
 
 DEPTH = "How far is the pixel at ({x}, {y}) from the camera? Both x and y are normalized to between [0, 2000)."
@@ -36,9 +36,6 @@ TRICKY = [
 ]
 
 
-def image(seed: int, w: int, h: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
 @pytest.fixture(scope="module")

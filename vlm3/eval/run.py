@@ -341,10 +341,14 @@ def not_asked_line(sample: Sample, item: NotAsked) -> dict[str, Any]:
     }
 
 
+#: Backend attributes that hold ``--batch-size``: a local batch, or HTTP requests in flight.
+_BATCH_ATTRS = ("batch_size", "max_concurrency")
+
+
 def _batch_setting(backend: Backend) -> int | str | None:
     """The backend's batch when none was asked for: its fixed batch or requests in flight, or
     "auto" (a local model's ``query_many`` chooses it from memory per image)."""
-    for attr in ("batch_size", "max_concurrency"):
+    for attr in _BATCH_ATTRS:
         value = getattr(backend, attr, None)
         if isinstance(value, int):
             return value
@@ -352,7 +356,7 @@ def _batch_setting(backend: Backend) -> int | str | None:
 
 
 def _set_batch_size(backend: Backend, batch_size: int) -> None:
-    for attr in ("batch_size", "max_concurrency"):
+    for attr in _BATCH_ATTRS:
         if hasattr(backend, attr):
             setattr(backend, attr, int(batch_size))
 

@@ -55,7 +55,6 @@ from vlm3.textref import encode_box, format_box
 #: (``vlm3.data.unify.NOT_ASKED``). Unified views pad rather than crop, so a point of the image is
 #: always asked unless lens distortion moves it off the canvas.
 NOT_ASKED_PREFIX = "not asked: "
-OUTSIDE_VIEW = NOT_ASKED_PREFIX + NOT_ASKED["outside_image"]
 #: Why a depth answer that parsed is still no depth.
 NOT_POSITIVE = "not a positive depth"
 ImageInput = str | Path | np.ndarray | Image.Image
@@ -214,8 +213,6 @@ class DepthPrediction:
                 out.append(None)
             elif truncated[i]:
                 out.append(TRUNCATED)
-            elif (np.asarray(self.coords[i]) < 0).any():
-                out.append(OUTSIDE_VIEW)
             else:
                 out.append(UNPARSED if not self.parsed[i] else NOT_POSITIVE)
         return out
