@@ -168,7 +168,9 @@ def test_image_path_key_is_accepted(tmp_path):
 
 
 def test_bad_roots_fail_clearly(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no files matching"):
+    from vlm3.data.adapters import LayoutError
+
+    with pytest.raises(LayoutError, match="no files matching"):
         get_adapter("depthlm-jsonl")(tmp_path)
     (tmp_path / "x.jsonl").write_text("")
     with pytest.raises(NotADirectoryError, match="must be the folder"):

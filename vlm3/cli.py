@@ -376,9 +376,13 @@ from vlm3.models.openai_http import HTTP_FLAGS  # noqa: E402 (the --http-* flags
 
 @app.command("eval")
 def eval_command(
-    model: str = typer.Option(..., "--model", help="Checkpoint folder / hub id, http://host:port (OpenAI-compatible) or vllm:PATH."),
-    bench: str = typer.Option(..., "--bench", help="Bench config YAML, or a shipped bench name (vlm3/configs/bench, e.g. ibims1)."),
-    out: str = typer.Option(..., "--out", help="Output folder: predictions.jsonl, metrics.json, report.md, plots/."),
+    model: str = typer.Option(
+        ..., "--model",
+        help="Checkpoint folder / hub id, http://host:port (OpenAI-compatible), vllm:PATH, or ground-truth (answers every question with its ground truth: checks a bench and its data).",
+    ),
+    bench: str | None = typer.Option(None, "--bench", help="Bench config YAML, or a shipped bench name (`vlm3 bench list`, e.g. ibims1)."),
+    suite: str | None = typer.Option(None, "--suite", help="Run every bench of a suite whose data is present (paper-depth, paper-pose, paper-corr, paper-object) and print the paper's table beside."),
+    out: str = typer.Option(..., "--out", help="Output folder: predictions.jsonl, metrics.json, report.md, plots/ (a suite: one folder per bench, suite.md)."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Local: questions per forward batch (default: chosen from free memory, at most 64); HTTP: requests in flight."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate the first N records of the bench's sample list."),
     limit_points: int | None = typer.Option(None, "--limit-points", min=1, help="Ask the first N listed labels of each record."),
@@ -414,15 +418,19 @@ def eval_command(
     from rich.console import Console
 
     from vlm3.eval.bench import BenchError
-    from vlm3.eval.run import EvalError, run_eval
+    from vlm3.eval.run import EvalError, EvalResult, run_eval
     from vlm3.models.backend import http_options
     from vlm3.tasks import get_task
 
     err = Console(stderr=True)
     use_threads(threads)
-    try:
-        result = run_eval(
-            model, bench, out, batch_size=batch_size, limit=limit, limit_points=limit_points, max_new_tokens=max_new_tokens,
+    if (bench is None) == (suite is None):
+        err.print("Error: give exactly one of --bench NAME and --suite NAME (see `vlm3 bench list`)", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(2)
+
+    def evaluate(one: object, folder: str | Path) -> EvalResult:
+        return run_eval(
+            model, one, folder, batch_size=batch_size, limit=limit, limit_points=limit_points, max_new_tokens=max_new_tokens,
             meta=meta, cache_dir=cache, overwrite=overwrite, device=device, dtype=dtype, plots=not no_plots,
             backend_options=http_options(
                 model, api_key=api_key, served_model_name=served_model_name, timeout=http_timeout, total_timeout=http_total_timeout,
@@ -431,21 +439,70 @@ def eval_command(
             pair_order=pair_order,
             profile=profile,
         )
+
+    if suite is not None:
+        _eval_suite(suite, out, model, evaluate, plots=not no_plots)
+        return
+    try:
+        result = evaluate(bench, out)
     except KeyboardInterrupt:
         err.print(f"interrupted: answers so far are kept in {out}/predictions.jsonl; re-run the same command to continue", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
     except (BenchError, EvalError, ValueError, OSError, RuntimeError) as e:  # bad input, data or backend: one line
         err.print(f"Error: {e}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    typer.echo(_eval_line(result))
+
+
+def _eval_line(result: "EvalResult") -> str:
+    """The one-line summary of an evaluation: headline metric, labels asked / not asked, failures."""
+    from vlm3.eval.report import not_asked_text
+    from vlm3.tasks import get_task
+
     m = result.metrics["metrics"]
     key = get_task(result.metrics["task"]).headline
     value = m.get(key)
     shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-    from vlm3.eval.report import not_asked_text
+    return (f"{result.metrics['bench']['name']}: {key} = {shown} over {m.get('labels', m.get('n'))} labels ({m.get('asked', m.get('n'))} asked, "
+            f"{not_asked_text(m)}; parsed={m.get('parsed')}, failed={m.get('failed')}, truncated={m.get('truncated', 0)}); "
+            f"{result.metrics['run']['computed']} asked now, {result.n_cached} reused; report: {result.out / 'report.md'}")
 
-    typer.echo(f"{result.metrics['bench']['name']}: {key} = {shown} over {m.get('labels', m.get('n'))} labels ({m.get('asked', m.get('n'))} asked, "
-               f"{not_asked_text(m)}; parsed={m.get('parsed')}, failed={m.get('failed')}, truncated={m.get('truncated', 0)}); "
-               f"{result.metrics['run']['computed']} asked now, {result.n_cached} reused; report: {result.out / 'report.md'}")
+
+def _eval_suite(name: str, out: str, model: str, evaluate, *, plots: bool) -> None:
+    """``vlm3 eval --suite``: every member bench whose data is present, then the paper's tables."""
+    from rich.console import Console
+
+    from vlm3.eval.bench import BenchError
+    from vlm3.eval.run import EvalError
+    from vlm3.eval.suite import SuiteError, load_suite, markdown_table, run_suite, table_view
+
+    err = Console(stderr=True)
+
+    def one(bench, folder):
+        result = evaluate(bench, folder)
+        typer.echo(_eval_line(result))
+        return result.metrics
+
+    try:
+        suite = load_suite(name)
+        result = run_suite(suite, out, one, model=model, plots=plots)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: answers so far are kept under {out}; re-run the same command to continue", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    except (SuiteError, BenchError, EvalError, ValueError, OSError, RuntimeError) as e:
+        err.print(f"Error: {e}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    if result.missing:
+        typer.echo(f"\n{len(result.missing)} of {len(suite.benches)} benches of {suite.name} have no data here (skipped):")
+        for bench, (why, get) in result.missing.items():
+            typer.echo(f"- {bench}: {why}")
+            if get:
+                typer.echo("    " + get.rstrip().replace("\n", "\n    "))
+    for table in suite.tables:
+        view = table_view(table, result.metrics, model)
+        typer.echo(f"\n{view.title} ({'higher' if view.higher_is_better else 'lower'} is better; published rows: {suite.source})")
+        typer.echo(markdown_table(view))
+    typer.echo(f"\nreport: {result.out / 'suite.md'}")
 
 
 # --- demo: the whole recipe on a CPU in minutes (vlm3.demo) ----------------------------------
@@ -476,6 +533,53 @@ def demo_command(
 
 
 # --- predict: depth / pose / matches / object answers for your own images (vlm3.infer) -------
+
+bench_app = typer.Typer(help="The shipped benches and suites.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("list")
+def bench_list() -> None:
+    """Every shipped bench (task, questions, whether its data is here) and every suite."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from vlm3.eval.bench import BenchError, bench_names, data_missing, load_bench, read_sample_list
+    from vlm3.eval.suite import SuiteError, load_suite, suite_names
+
+    suites = {}
+    for name in suite_names():
+        try:
+            suites[name] = load_suite(name)
+        except SuiteError as e:
+            typer.echo(f"Error: {e}", err=True)
+            raise typer.Exit(1) from None
+    member_of = {b: [s for s, suite in suites.items() if b in suite.benches] for b in bench_names()}
+    table = Table(title="benches (vlm3 eval --bench NAME)", title_justify="left")
+    for col in ("bench", "task", "questions", "data", "suites", "description"):
+        table.add_column(col, overflow="fold", justify="right" if col == "questions" else "left")
+    for name in bench_names():
+        try:
+            bench = load_bench(name)
+        except BenchError as e:
+            table.add_row(name, "?", "?", f"config error: {e}", "", "")
+            continue
+        if bench.samples_path is not None and bench.samples_path.is_file():
+            questions = str(read_sample_list(bench.samples_path).n_queries())
+        else:
+            questions = f"{bench.questions} (protocol)" if bench.questions else "(from the data)"
+        why = data_missing(bench)
+        data = "synthetic" if "synth" in bench.data else ("present" if why is None else "missing")
+        table.add_row(name, bench.task, questions, data, ", ".join(member_of[name]), bench.description or "")
+    Console(width=160).print(table)
+    stable = Table(title="suites (vlm3 eval --suite NAME)", title_justify="left")
+    for col in ("suite", "task", "benches", "data present", "published rows"):
+        stable.add_column(col, overflow="fold")
+    for name, suite in suites.items():
+        present = [b for b in suite.benches if b in member_of and data_missing(load_bench(b)) is None]
+        stable.add_row(name, suite.task, ", ".join(suite.benches), f"{len(present)} of {len(suite.benches)}", suite.source)
+    Console(width=160).print(stable)
+
 
 from vlm3.infer.cli import predict_app  # noqa: E402
 

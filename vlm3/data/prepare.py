@@ -74,7 +74,7 @@ from typing import Any
 import numpy as np
 
 from vlm3.settings import DEFAULT_FOCAL_PX
-from vlm3.data.adapters.base import Adapter, AdapterOptions, Rejection, get_adapter
+from vlm3.data.adapters.base import Adapter, AdapterOptions, LayoutError, Rejection, get_adapter
 from vlm3.data.io import MANIFEST, RECORDS_DIR, shard_path, write_manifest, write_shard
 from vlm3.data.records import Record
 
@@ -165,12 +165,20 @@ def prepare(
     root, out = Path(root), Path(out)
     adapter_opts = make_adapter_options(opts)
     try:
-        ad = get_adapter(adapter)(root, adapter_opts)
+        cls = get_adapter(adapter)
+        ad = cls(root, adapter_opts)
     except KeyError as e:
         raise PrepareError(str(e.args[0])) from None
+    except LayoutError as e:
+        raise PrepareError(_layout_message(cls, str(e))) from None
     except (OSError, ValueError) as e:
         raise PrepareError(str(e)) from None
-    units = list(ad.units())
+    try:
+        units = list(ad.units())
+    except LayoutError as e:
+        raise PrepareError(_layout_message(cls, str(e))) from None
+    if not units:
+        raise PrepareError(_layout_message(cls, f"{root}: the {adapter} adapter found nothing to convert there"))
     if len(set(units)) != len(units):
         raise PrepareError(f"adapter {adapter} returned duplicate unit names")
     info = ad.manifest_info()
@@ -195,12 +203,22 @@ def prepare(
         for i, d in _scan_done(out, [(i, u) for i, u in enumerate(units) if i % opts.num_shards != opts.shard_index], settings["hash"]):
             totals.add(i, d)
     report = _report(ad, info, out, units, totals, skipped, seconds)
+    if report.complete and report.records == 0 and not report.rejected:
+        raise PrepareError(_layout_message(cls, f"{root}: {len(units)} unit(s) of the {adapter} adapter gave no record and no rejection"))
     report.threads = 1 if opts.workers > 1 and len(todo) > 1 else _cv2_threads()
     if report.complete:
         write_manifest(out, _manifest(ad, info, root, out, opts, adapter_opts, units, totals, report))
         report.manifest = str(out / MANIFEST)
     _write_json(out / REPORT, report.to_dict(), _tmp_owner(opts))
     return report
+
+
+def _layout_message(cls: type[Adapter], problem: str) -> str:
+    """A wrong-layout error: the problem, then the tree the adapter expects (``--help-adapter``)."""
+    layout = cls.layout.strip()
+    if not layout or layout in problem:
+        return f"{problem.rstrip()}\n(it does not look like a {cls.name} dataset; vlm3 prepare {cls.name} --help-adapter shows the layout)"
+    return f"{problem}; it does not look like a {cls.name} dataset. Expected (vlm3 prepare {cls.name} --help-adapter):\n{layout}"
 
 
 def parse_write_images(value: str) -> str:

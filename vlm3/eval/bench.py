@@ -17,11 +17,16 @@ A bench config::
     settings: {focal: 750, depth_type: range}    # vlm3.settings.Settings fields; the model's vlm3.json wins
     max_new_tokens: 32                # default: the task's
     scoring: {pair_order: cam2_from_cam1}   # pose only: or cam1_from_cam2 (VGGT's evaluation order)
+    description: one line: what it is and its protocol
+    questions: 10000                  # how many questions the protocol asks (`vlm3 bench list` before the data is here)
+    get: |                            # how to get the data; printed when it is missing
+      ...
 
 The sample list names the records and the labelled points of each (indices into the record's
 labels) in a seeded random order, so that any prefix (``--limit`` records, ``--limit-points``
 points) is itself a uniform sample. It is made once from ``seed``, written next to the config
-(or into the cache for configs without a file), and then always reused: evaluation never
+(or into the cache for configs without a file, and for shipped benches whose data is not part of
+vlm3: their list depends on the user's copy of the data), and then always reused: evaluation never
 re-samples. It carries a content hash of its entries and a fingerprint of the labelled records,
 and loading fails with a clear message when either no longer matches.
 """
@@ -131,6 +136,8 @@ class BenchConfig(ConfigModel):
     max_new_tokens: PositiveInt | None = None
     scoring: Scoring = Field(default_factory=Scoring)
     description: str | None = None
+    questions: PositiveInt | None = None
+    get: str | None = None
 
     @field_validator("task")
     @classmethod
@@ -177,6 +184,9 @@ class Bench:
     source: str = "<dict>"  # the config file, for messages
     scoring: dict[str, Any] = field(default_factory=dict)  # Task.metrics options (Scoring fields)
     data_setting: str | None = None  # where ${VLM3_DATA} in a data path came from, for messages
+    description: str | None = None
+    questions: int | None = None  # the protocol's question count (config field ``questions``)
+    get: str | None = None  # how to get the data (config field ``get``)
 
     def spec_hash(self) -> str:
         """Hash of the data source: names the cache folder it is prepared into."""
@@ -240,14 +250,17 @@ def bench_from_dict(raw: Any, path: str | Path | None = None) -> Bench:
         data = {"prepare": {"adapter": p.adapter, "root": resolve(p.root, "data.prepare.root"), "options": {str(k): str(v) for k, v in p.options.items()}, "points": p.points, "seed": p.seed, "split": p.split}}
     else:
         data = {"synth": d.synth.model_dump()}
+    samples_path: Path | None = None
     if cfg.samples is not None:
-        samples_path: Path | None = Path(resolve(cfg.samples, "samples"))
-    else:
-        samples_path = base / f"{Path(path).stem}.samples.json" if path is not None else None
+        samples_path = Path(resolve(cfg.samples, "samples"))
+    elif path is not None:
+        samples_path = base / f"{Path(path).stem}.samples.json"
+        if base == bench_dir().resolve() and not samples_path.is_file():
+            samples_path = None  # a shipped bench on the user's data: its list is drawn into the cache
     scoring = {k: v for k, v in cfg.scoring.model_dump().items() if k in get_task(cfg.task).scoring_options}
     return Bench(
         cfg.name, cfg.task, data, samples_path, cfg.seed, cfg.limits.records, cfg.limits.points, dict(cfg.settings),
-        cfg.max_new_tokens, where, scoring, data_setting,
+        cfg.max_new_tokens, where, scoring, data_setting, cfg.description, cfg.questions, cfg.get,
     )
 
 
@@ -274,6 +287,26 @@ def _expand(text: str, where: str, name: str) -> str:
         return value if value is not None else match.group(2)
 
     return os.path.expanduser(_VAR.sub(sub, text))
+
+
+def bench_names() -> list[str]:
+    """The shipped benches' names, sorted."""
+    return sorted(p.stem for p in bench_dir().glob("*.yaml"))
+
+
+def data_missing(bench: Bench) -> str | None:
+    """Why ``bench``'s data is not here (None when it is): the missing folder and where
+    ``${VLM3_DATA}`` points. Synthetic benches are always here."""
+    from vlm3.data.io import MANIFEST
+
+    hint = f" ({bench.data_setting})" if bench.data_setting else ""
+    if "records" in bench.data:
+        folder = Path(bench.data["records"])
+        return None if (folder / MANIFEST).is_file() else f"{folder} is not a prepared dataset{hint}"
+    if "prepare" in bench.data:
+        root = Path(bench.data["prepare"]["root"])
+        return None if root.is_dir() else f"{root} does not exist{hint}"
+    return None
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -313,7 +346,8 @@ def _prepare(bench: Bench, folder: Path, progress: bool) -> None:
     spec = bench.data["prepare"]
     if not Path(spec["root"]).exists():
         hint = f" ({bench.data_setting}; set {DATA_ENV} to the folder that holds the data)" if bench.data_setting else ""
-        raise BenchError(f"{bench.source}: data.prepare.root = {spec['root']} does not exist{hint}")
+        get = f"\nTo get it:\n{bench.get.rstrip()}" if bench.get else ""
+        raise BenchError(f"{bench.source}: data.prepare.root = {spec['root']} does not exist{hint}{get}")
     opts = PrepareOptions(points=spec["points"], seed=spec["seed"], split=spec["split"], options=dict(spec["options"]))
     try:
         report = prepare(spec["adapter"], spec["root"], folder, opts, progress=progress, console=Console(stderr=True))

@@ -41,6 +41,7 @@ from vlm3.ask import AskError, ask
 from vlm3.data.records import Record
 from vlm3.eval.bench import Bench, BenchError, default_cache, load_bench, load_records, resolve_data, sample_list_for
 from vlm3.models.backend import Backend, open_backend, spec_name
+from vlm3.models.truth import SPEC as TRUTH_SPEC, GroundTruthBackend
 from vlm3.profiles import ProfileError, model_ids, profile_hash, task_profile
 from vlm3.settings import Settings, SettingsError, model_settings_for, served_settings, settings_for_model
 from vlm3.tasks.base import Task, get_task
@@ -163,7 +164,12 @@ def run_eval(
     spec = model if isinstance(model, str) else getattr(model, "name", None)
     task = get_task(bench.task)
     scoring = _scoring(bench, task, pair_order)
-    backend = open_backend(model, batch_size, device=device, dtype=dtype, **(backend_options or {})) if isinstance(model, str) else model
+    if model == TRUTH_SPEC:  # the ground-truth answerer (vlm3.models.truth): checks the bench, not a model
+        backend: Backend = GroundTruthBackend(bench, cache, profile)
+    elif isinstance(model, str):
+        backend = open_backend(model, batch_size, device=device, dtype=dtype, **(backend_options or {}))
+    else:
+        backend = model
     if not isinstance(model, str) and batch_size is not None:
         _set_batch_size(backend, batch_size)
     try:

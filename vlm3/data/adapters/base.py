@@ -35,6 +35,13 @@ REASONS: dict[str, str] = {
 """The fixed rejection reasons, so reports compare across datasets; the detail says the rest."""
 
 
+class LayoutError(ValueError):
+    """The dataset root does not hold the adapter's layout; the message names what was missing.
+
+    ``vlm3 prepare`` adds the expected tree (``Adapter.layout``) to it.
+    """
+
+
 @dataclass(frozen=True)
 class Rejection:
     """An input that did not become a record: a reason of :data:`REASONS`, and details."""
@@ -75,7 +82,7 @@ class Adapter:
             raise FileNotFoundError(f"{self.name}: dataset root {self.root} does not exist")
 
     def units(self) -> list[str]:
-        """Stable, sorted list of work-unit names."""
+        """Stable, sorted list of work-unit names; :class:`LayoutError` when ``root`` does not hold the layout."""
         raise NotImplementedError
 
     def convert(self, unit: str) -> Iterator[Record | Rejection]:

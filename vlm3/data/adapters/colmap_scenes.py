@@ -18,6 +18,18 @@ Conventions of the source and how they are converted
   covisibility and matches use the depth maps with the occlusion check; without, covisibility is
   the share of SfM points shared by the two images (min of both directions) and matches are
   those shared points projected with each image's pose.
+
+Scene and image selection (both adapters here and ``eth3d``; :func:`select_scenes`)
+-----------------------------------------------------------------------------------
+- ``scenes``: which scene folders to convert: ``a,b,c`` or ``@FILE`` (one id per line, ``#``
+  comments; relative to ROOT unless absolute), e.g. a held-out list. A listed scene that is not
+  under ROOT is a :class:`~vlm3.data.adapters.base.LayoutError`, never silently skipped.
+- ``max_scenes``: keep N of the selected scenes, drawn from the sorted list with
+  ``numpy.random.default_rng(seed).permutation`` (``seed`` = the adapter seed), so the draw
+  depends on the selection and the seed only.
+- ``exclude_images``: comma-separated ``[SCENE:]ENDING``; an image (of SCENE, or of any scene)
+  whose name ends with ENDING is left out (Depth-Anything-3's ``ETH3D_FILTER_KEYS`` rule:
+  per scene, ``image_name.endswith(key)``).
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlm3.data.adapters.base import Adapter, Rejection, option_flag, option_float, register
+from vlm3.data.adapters.base import Adapter, AdapterOptions, LayoutError, Rejection, option_flag, option_float, option_int, register
 from vlm3.data.adapters.kit import cam_from_world, image_size, load_reconstruction, read_depth_png
 from vlm3.data.covis import opencv_projector, opencv_rays, pinhole_projector
 from vlm3.data.scenes import FrameData, FrameError, FrameSource, SceneConfig, pinhole_frame, ray_frame, scene_records, sfm_frame
@@ -50,6 +62,52 @@ def camera_from_colmap(camera) -> tuple[Intrinsics, list[float] | None]:
     if name == "OPENCV":
         return Intrinsics(p[0], p[1], p[2], p[3], w, h), [p[4], p[5], p[6], p[7]]
     raise ValueError(f"camera {camera.camera_id} uses the {name} model; supported: PINHOLE, SIMPLE_PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV")
+
+
+def read_scene_list(root: Path, spec: str) -> list[str]:
+    """Scene ids of a ``scenes`` option: ``a,b,c`` or ``@FILE`` (one per line, ``#`` comments)."""
+    spec = spec.strip()
+    if spec.startswith("@"):
+        path = Path(spec[1:]).expanduser()
+        path = path if path.is_absolute() else root / path
+        if not path.is_file():
+            raise LayoutError(f"{root}: option scenes={spec!r} names {path}, which does not exist")
+        ids = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    else:
+        ids = [x.strip() for x in spec.split(",")]
+    out = list(dict.fromkeys(x for x in ids if x))
+    if not out:
+        raise ValueError(f"option scenes={spec!r} names no scene")
+    return out
+
+
+def select_scenes(root: Path, available: list[str], options: AdapterOptions) -> list[str]:
+    """``available`` scene folders (sorted) cut to the ``scenes`` / ``max_scenes`` options (module doc)."""
+    chosen = sorted(available)
+    spec = options.extra.get("scenes")
+    if spec is not None:
+        wanted = read_scene_list(root, str(spec))
+        missing = [x for x in wanted if x not in set(available)]
+        if missing:
+            raise LayoutError(
+                f"{root}: no scene folder for {len(missing)} of the {len(wanted)} scenes option scenes names "
+                f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})"
+            )
+        chosen = sorted(wanted)
+    n = option_int(options, "max_scenes", None, minimum=1)
+    if n is not None and n < len(chosen):
+        order = np.random.default_rng(int(options.seed)).permutation(len(chosen))
+        chosen = sorted(chosen[i] for i in order[:n])
+    return chosen
+
+
+def excluded_image(scene: str, name: str, options: AdapterOptions) -> bool:
+    """Whether ``exclude_images`` (comma-separated ``[SCENE:]ENDING``) leaves out image ``name`` of ``scene``."""
+    for key in str(options.extra.get("exclude_images", "")).split(","):
+        where, sep, ending = key.strip().rpartition(":")
+        if ending and (not sep or where == scene) and name.endswith(ending):
+            return True
+    return False
 
 
 def has_model(path: Path) -> bool:
@@ -135,7 +193,8 @@ ROOT/
     depths/<stem>.h5                             optional: dataset 'depth', z-depth, 0 = invalid
 options.extra: sparse_dir (sparse), images_dir (images), depth_dir (depths), metric_scale (false),
                depth_png_scale (0.001), min_gap, max_gap (none), match_points, depth_tolerance (0.05),
-               candidates, max_tries, depth_records, pair_records, random_order
+               candidates, max_tries, depth_records, pair_records, random_order,
+               scenes (a,b | @FILE), max_scenes, exclude_images ([scene:]name ending, ...)
 """
     labels = ("poses", "matches")
 
@@ -145,7 +204,10 @@ options.extra: sparse_dir (sparse), images_dir (images), depth_dir (depths), met
 
     def units(self) -> list[str]:
         sparse = self._dirs()[0]
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and find_models(p / sparse))
+        found = sorted(p.name for p in self.root.iterdir() if p.is_dir() and find_models(p / sparse))
+        if not found:
+            raise LayoutError(f"{self.root}: no scene folder with a COLMAP model in <scene>/{sparse}/ found; expected:\n{self.layout}")
+        return select_scenes(self.root, found, self.options)
 
     def manifest_info(self) -> dict:
         return {
@@ -180,6 +242,8 @@ options.extra: sparse_dir (sparse), images_dir (images), depth_dir (depths), met
             return
         frames: list[FrameSource] = []
         for image in sorted(rec.images.values(), key=lambda im: im.name):
+            if excluded_image(label.split("/")[0], image.name, self.options):
+                continue
             img_path = scene_dir / images_dir / image.name
             try:
                 if not image.has_pose:
@@ -223,6 +287,7 @@ ROOT/                                        output of `python -m dslr.undistort
     colmap/{cameras,images,points3D}.txt     PINHOLE cameras, camera-from-world, metric
     images/DSC00001.JPG ...
     depths/DSC00001.png                      optional: uint16 depth in mm for the undistorted camera, 0 = invalid
-options.extra: as for megadepth (sparse_dir defaults to colmap, metric_scale to true)
+options.extra: as for megadepth (sparse_dir defaults to colmap, metric_scale to true), e.g.
+               scenes=@nvs_sem_val.txt (the split file of the ScanNet++ download) max_scenes=30
 """
     labels = ("depth", "poses", "matches")

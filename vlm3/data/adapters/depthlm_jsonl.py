@@ -32,7 +32,8 @@ plane, 1 % threshold: z wins in 96 of 100 images, 4133 vs 2456 inliers; tested i
 the lidar point in the camera frame), ``utils/curate_sunRGBD.py``, ``utils/curate_matterport3d.py``
 and ``utils/curate_eth3d.py`` (z-depth converted with the intrinsics) and ``utils/curate_waymo.py``
 (``range_image_utils.build_camera_depth_image``: "the distance between a lidar point and camera
-frame origin"): pass ``depth_type=range`` for those files. The nuScenes scripts
+frame origin"), ``utils/curate_NYU.py`` (NYUv2 images of SUN RGB-D, as ``curate_sunRGBD.py``):
+pass ``depth_type=range`` for those files. The nuScenes scripts
 (``utils/curate_nuscenes_*.py``: the lidar point's camera z) and ``utils/curate_ddad.py`` (dgp's
 projected depth map) store z. ``utils/curate_scannet.py`` (ScanNet++) computes
 sqrt(xn^2 + yn^2 + z^2) with *normalised* xn, yn, which is neither (equal to z at the image centre,
@@ -56,6 +57,11 @@ Options (``--option key=value``)
   there are at least 32 units for ``--workers`` to share; the size depends on the data only).
 - ``glob``: which files under ROOT to read (default ``**/*.jsonl``).
 - ``dataset``: the dataset name written into records (default: the ROOT folder's name).
+- ``line_range``: ``START:END``, fractions of each file's lines: keep the lines with 0-based
+  index in ``[int(n * START), int(n * END))`` (n = the file's line count; END defaults to 1).
+  ``line_range=0.98:`` is DepthLM's ScanNet++ evaluation split: its ``utils/datasets.py`` keeps
+  ``list_data_dict[int(len(list_data_dict) * 0.98):]`` ("keep the last 2% for evaluation") of any
+  JSONL whose path contains "scannet", and trains on the first 98 %.
 
 ``--points N`` keeps a seeded random subset of N labelled pixels per image (all when fewer).
 Each bad line becomes a rejection whose source is ``file:line``.
@@ -70,14 +76,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from vlm3.data.adapters.base import Adapter, AdapterOptions, Rejection, register
+from vlm3.data.adapters.base import Adapter, AdapterOptions, LayoutError, Rejection, register
 from vlm3.data.records import Record
 from vlm3.data.sampling import item_rng
 from vlm3.data.validate import make_record
 
 DEFAULT_CHUNK = 256
 MIN_UNITS = 32  # without chunk_size a small dataset still gets this many units (~4 per worker at --workers 8)
-OPTION_KEYS = ("depth_type", "principal_point", "chunk_size", "glob", "dataset")
+OPTION_KEYS = ("depth_type", "principal_point", "chunk_size", "glob", "dataset", "line_range")
 
 
 @register
@@ -92,7 +98,8 @@ class DepthLMJsonlAdapter(Adapter):
         "ROOT/*.jsonl (or **/*.jsonl)  one JSON object per line: image, intrinsics, pixel_coords, depth\n"
         "ROOT/<image paths named in the JSONL>\n"
         "options: depth_type=z|range (default z), principal_point=center|corner (default center),\n"
-        "         chunk_size=N (lines per unit, default 256; at least 32 units), glob=PATTERN, dataset=NAME"
+        "         chunk_size=N (lines per unit, default 256; at least 32 units), glob=PATTERN, dataset=NAME,\n"
+        "         line_range=START:END (fractions of each file's lines, e.g. 0.98: = its last 2 %)"
     )
     labels: ClassVar[tuple[str, ...]] = ("depth",)
 
@@ -121,11 +128,12 @@ class DepthLMJsonlAdapter(Adapter):
             raise ValueError(f"{self.name}: option chunk_size={self.chunk_size} must be >= 1")
         self.pattern = extra.get("glob", "**/*.jsonl")
         self.dataset = extra.get("dataset") or self.root.resolve().name
+        self.line_range = _parse_line_range(self.name, extra.get("line_range"))
         if self.options.points is not None and self.options.points < 1:
             raise ValueError(f"{self.name}: points={self.options.points} must be >= 1 (or unset for all)")
         self.files = sorted(p.relative_to(self.root).as_posix() for p in self.root.glob(self.pattern) if p.is_file())
         if not self.files:
-            raise FileNotFoundError(f"{self.name}: no files matching {self.pattern!r} under {self.root}")
+            raise LayoutError(f"{self.name}: no files matching {self.pattern!r} under {self.root}")
         self._offsets: dict[str, list[int]] = {}
         self._file_set = frozenset(self.files)  # unit checks stay O(1) with many files
 
@@ -133,13 +141,22 @@ class DepthLMJsonlAdapter(Adapter):
     def units(self) -> list[str]:
         """``"<file>:<first line>-<last line>"`` chunks (1-based, zero-padded so names sort in file order)
         of ``chunk_size`` lines, or of :func:`auto_chunk_size` lines without it."""
-        size = self.chunk_size or auto_chunk_size(sum(len(self._chunk_offsets(rel)[1]) for rel in self.files))
+        spans = {rel: self._span(rel) for rel in self.files}
+        size = self.chunk_size or auto_chunk_size(sum(hi - lo for lo, hi in spans.values()))
         out = []
         for rel in self.files:
-            n = len(self._chunk_offsets(rel)[1])
-            for start in range(1, n + 1, size):
-                out.append(f"{rel}:{start:08d}-{min(start + size - 1, n):08d}")
+            lo, hi = spans[rel]
+            for start in range(lo + 1, hi + 1, size):
+                out.append(f"{rel}:{start:08d}-{min(start + size - 1, hi):08d}")
         return out
+
+    def _span(self, rel: str) -> tuple[int, int]:
+        """0-based [first, end) of the lines of ``rel`` that ``line_range`` keeps (all without it)."""
+        n = len(self._chunk_offsets(rel)[1])
+        if self.line_range is None:
+            return 0, n
+        start, end = self.line_range
+        return int(n * start), int(n * end)  # int() truncates as DepthLM's int(len(data) * 0.98) does
 
     def _chunk_offsets(self, rel: str) -> tuple[list[int], list[int]]:
         """Byte offsets of the chunk starts and of every line start (computed once per file)."""
@@ -167,8 +184,9 @@ class DepthLMJsonlAdapter(Adapter):
     def convert(self, unit: str) -> Iterator[Record | Rejection]:
         rel, start, end = self._parse_unit(unit)
         _, starts = self._chunk_offsets(rel)
-        if not (1 <= start <= end <= len(starts)):
-            raise ValueError(f"{self.name}: unit {unit!r} is outside lines 1..{len(starts)} of {rel}")
+        lo, hi = self._span(rel)
+        if not (lo + 1 <= start <= end <= hi):
+            raise ValueError(f"{self.name}: unit {unit!r} is outside lines {lo + 1}..{hi} of {rel}")
         with open(self.root / rel, "rb") as f:
             f.seek(starts[start - 1])
             for lineno in range(start, end + 1):
@@ -241,6 +259,7 @@ class DepthLMJsonlAdapter(Adapter):
             "depth_units": "m",
             "principal_point": self.principal_point,
             "pixel_coords": "integer indices (x = column, y = row), stored as pixel centres (+0.5)",
+            **({"line_range": list(self.line_range)} if self.line_range is not None else {}),
         }
 
     def _fingerprint(self) -> str:
@@ -263,6 +282,24 @@ def auto_chunk_size(lines: int) -> int:
     under 32 x 256 lines so that it still splits into MIN_UNITS units. It depends on the dataset
     alone, never on ``--workers``, so units, shards and resuming are the same for any worker count."""
     return max(1, min(DEFAULT_CHUNK, math.ceil(lines / MIN_UNITS)))
+
+
+def _parse_line_range(adapter: str, raw: str | None) -> tuple[float, float] | None:
+    """``"START:END"`` (fractions, END optional = 1) -> (start, end); None without the option."""
+    if raw is None:
+        return None
+    text = str(raw).strip()
+    head, sep, tail = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        start = float(head) if head.strip() else 0.0
+        end = float(tail) if tail.strip() else 1.0
+    except ValueError:
+        raise ValueError(f"{adapter}: option line_range={raw!r} must be START:END, fractions of a file's lines (e.g. 0.98:)") from None
+    if not (0.0 <= start < end <= 1.0):
+        raise ValueError(f"{adapter}: option line_range={raw!r} needs 0 <= START < END <= 1")
+    return start, end
 
 
 def _is_number(v: Any) -> bool:

@@ -18,6 +18,11 @@ Conventions of the source and how they are converted
 - Without ``dslr_calibration_jpg`` or ``ground_truth_depth`` a scene still yields pose pairs,
   with covisibility and matches from the SfM points shared by the two images (``points3D.txt``),
   plus one ``missing_depth_calibration`` rejection saying why there are no depth labels.
+- Options ``scenes`` / ``max_scenes`` / ``exclude_images`` select scenes and leave images out
+  (``vlm3.data.adapters.colmap_scenes.select_scenes``). Depth-Anything-3's ETH3D pose benchmark
+  (``src/depth_anything_3/utils/constants.py``: ``ETH3D_SCENES``, ``ETH3D_FILTER_KEYS``) uses 11
+  of the 13 training scenes (no meadow, terrace: "known issues") and drops 39 images "with unusual
+  camera rotations"; the ``eth3d-pose`` bench passes both.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vlm3.data.adapters.base import Adapter, Rejection, option_int, register
+from vlm3.data.adapters.base import Adapter, LayoutError, Rejection, option_int, register
+from vlm3.data.adapters.colmap_scenes import excluded_image, select_scenes
 from vlm3.data.adapters.kit import cam_from_world, image_size, load_reconstruction
 from vlm3.data.covis import pinhole_projector
 from vlm3.data.scenes import FrameData, FrameError, FrameSource, SceneConfig, ray_frame, scene_records, sfm_frame
@@ -111,12 +117,16 @@ ROOT/
                                                           camera grid is the depth maps' grid)
     ground_truth_depth/dslr_images/DSC_0286.JPG ...       raw float32 z-depth (m), inf = invalid
 options.extra: grid_downsample (4), min_gap, max_gap (none), match_points, depth_tolerance (0.05),
-               candidates, max_tries, depth_records, pair_records, random_order
+               candidates, max_tries, depth_records, pair_records, random_order,
+               scenes (a,b | @FILE), max_scenes, exclude_images ([scene:]name ending, e.g. delivery_area:711.JPG)
 """
     labels = ("depth", "poses", "matches")
 
     def units(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and (p / UNDISTORTED).is_dir())
+        found = sorted(p.name for p in self.root.iterdir() if p.is_dir() and (p / UNDISTORTED).is_dir())
+        if not found:
+            raise LayoutError(f"{self.root}: no scene folder with {UNDISTORTED}/ found; expected:\n{self.layout}")
+        return select_scenes(self.root, found, self.options)
 
     def manifest_info(self) -> dict:
         return {
@@ -157,6 +167,8 @@ options.extra: grid_downsample (4), min_gap, max_gap (none), match_points, depth
 
         frames: list[FrameSource] = []
         for image in sorted(rec.images.values(), key=lambda im: im.name):
+            if excluded_image(unit, image.name, self.options):
+                continue
             base = Path(image.name).name
             img_path = scene / "images" / image.name
             try:
