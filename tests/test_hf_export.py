@@ -80,6 +80,23 @@ def test_the_schema_covers_every_record_field():
     assert set(Record.model_fields) == set(features()) - set(EXTRA_COLUMNS)
 
 
+def test_questions_as_written_survive_the_table(tmp_path):
+    # RegionQA.gt is bool, metres, an hour or a region index; the column holds float64.
+    from vlm3.data.hf import record_row, to_record
+    from vlm3.data.records import RegionQA
+
+    (tmp_path / "a.png").write_bytes(b"")
+    qa = [
+        RegionQA(category="left_predicate", kind="qualitative", question="Is {r0} left of {r1}?", answer="No.", gt=False, regions=[(1, 2, 3, 4), (5, 6, 7, 8)]),
+        RegionQA(category="width_data", kind="quantitative", question="How wide is {r0}?", answer="{r0} is 2 m wide.", gt=2.0, regions=[(1, 2, 3, 4)]),
+        RegionQA(category="direction", kind="direction", question="Where is {r1}?", answer="3 o'clock.", gt=3, regions=[(1, 2, 3, 4), (5, 6, 7, 8)]),
+        RegionQA(category="left_choice", kind="choice", question="Which is left, {r0} or {r1}?", answer="{r1}.", gt=1, regions=[(1, 2, 3, 4), (5, 6, 7, 8)]),
+    ]
+    record = Record(id="q", dataset="d", views=[{"image": "a.png", "intrinsics": [10, 10, 5, 5, 10, 10]}], qa=qa)
+    back = to_record(record_row(record, tmp_path))
+    assert back == record and [type(q.gt) for q in back.qa] == [bool, float, int, int]
+
+
 def test_a_changed_dataset_is_read_afresh(prepared, tmp_path):
     folder = tmp_path / "copy"
     shutil.copytree(prepared["depth"], folder)

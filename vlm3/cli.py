@@ -407,6 +407,13 @@ def eval_command(
         None, "--profile",
         help="How to ask a model with no vlm3.json that is not a known checkpoint: vlm3, vlm3-release, depthlm or zero-shot (see vlm3.profiles).",
     ),
+    judge: str | None = typer.Option(
+        None, "--judge",
+        help="Object benches: also score every answer with SpatialRGPT-Bench's official LLM-judge protocol, via this OpenAI-compatible "
+        "base URL ('openai' = api.openai.com); metrics.json gets the judge's scores and its agreement with vlm3's rules.",
+    ),
+    judge_model: str = typer.Option("gpt-4o", "--judge-model", help="The judge's model name at --judge."),
+    judge_key_env: str = typer.Option("OPENAI_API_KEY", "--judge-api-key-env", help="Environment variable holding the judge's API key."),
     threads: int | None = THREADS_OPTION,
 ) -> None:
     """Evaluate a model on a bench; resumable (re-run the same command to continue).
@@ -438,6 +445,7 @@ def eval_command(
             ),
             pair_order=pair_order,
             profile=profile,
+            judge=None if judge is None else {"base_url": None if judge == "openai" else judge, "model": judge_model, "api_key_env": judge_key_env},
         )
 
     if suite is not None:
@@ -463,6 +471,10 @@ def _eval_line(result: "EvalResult") -> str:
     key = get_task(result.metrics["task"]).headline
     value = m.get(key)
     shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+    judge = result.metrics.get("judge")
+    if judge:
+        a = judge["agreement"]
+        shown += f" (judge {judge['model']}: " + ", ".join(f"{k} {v:.4f}" for k, v in judge["scores"].items() if v is not None) + f"; agrees with the rules on {a['agree']}/{a['judged']})"
     return (f"{result.metrics['bench']['name']}: {key} = {shown} over {m.get('labels', m.get('n'))} labels ({m.get('asked', m.get('n'))} asked, "
             f"{not_asked_text(m)}; parsed={m.get('parsed')}, failed={m.get('failed')}, truncated={m.get('truncated', 0)}); "
             f"{result.metrics['run']['computed']} asked now, {result.n_cached} reused; report: {result.out / 'report.md'}")

@@ -82,6 +82,16 @@ def features() -> "datasets.Features":
                     "color": Value("string"),
                 }
             ),
+            "qa": List(
+                {
+                    "category": Value("string"),
+                    "kind": Value("string"),
+                    "question": Value("string"),
+                    "answer": Value("string"),
+                    "gt": f64,  # one column type: a bool as 1.0 / 0.0, an hour or region index as a whole number
+                    "regions": List(List(f64, length=4)),
+                }
+            ),
             "covisibility": f64,
             "meta": Value("string"),
             "schema_version": Value("int32"),
@@ -103,6 +113,8 @@ def record_row(record: Record, root: str | Path) -> dict[str, Any]:
     objects = data["objects"]
     if objects is not None:
         objects = [{"box2d": None, "color": None, **o} for o in objects]
+    if data.get("qa") is not None:
+        data["qa"] = [{**q, "gt": float(q["gt"])} for q in data["qa"]]
     images = [str(record_image_path(root, v.image, where=f"record {record.id}")) for v in record.views]
     return {
         **data, "views": views, "objects": objects, "meta": json.dumps(data["meta"], sort_keys=True),
@@ -120,6 +132,9 @@ def to_record(row: dict[str, Any]) -> Record:
     fields["views"] = [{k: v for k, v in view.items() if v is not None} for view in fields.get("views", [])]
     if "objects" in fields:
         fields["objects"] = [{k: v for k, v in obj.items() if v is not None} for obj in fields["objects"]]
+    if "qa" in fields:  # gt back to its kind's type (the column holds float64)
+        typed = {"qualitative": bool, "quantitative": float, "direction": int, "choice": int}
+        fields["qa"] = [{**q, "gt": typed[q["kind"]](q["gt"]) if q["kind"] in typed else q["gt"]} for q in fields["qa"]]
     return Record.model_validate(fields)
 
 

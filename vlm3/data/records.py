@@ -10,6 +10,8 @@ evaluation) reads them. A record is self-describing: conventions are named in it
 - ``depth``: sampled pixels of view 0 with metric depth and its convention (``"z"`` or ``"range"``).
 - ``matches``: pixel correspondences view 0 -> view 1 (continuous pixels in each view's image).
 - ``objects``: 3D boxes in view 0's camera frame for object-level questions.
+- ``qa``: questions asked as written (a benchmark's own text), each about regions of view 0
+  named by 2D boxes, with the benchmark's reference answer and its typed ground truth.
 
 Pixels are continuous corner-origin coordinates (x = column, y = row): the centre of the pixel
 with integer index (i, j) is (i + 0.5, j + 0.5).
@@ -18,6 +20,7 @@ with integer index (i, j) is (i + 0.5, j + 0.5).
 from __future__ import annotations
 
 import math
+import re
 from typing import Literal
 
 import numpy as np
@@ -121,6 +124,72 @@ class Object3D(_Model):
         return v
 
 
+QA_KINDS: tuple[str, ...] = ("qualitative", "quantitative", "direction", "choice")
+_PLACEHOLDER = re.compile(r"\{r(\d+)\}")
+
+
+def region_placeholders(text: str) -> list[int]:
+    """Region indices named in ``text`` by ``{r0}``, ``{r1}``, ... in reading order (with repeats)."""
+    return [int(m.group(1)) for m in _PLACEHOLDER.finditer(text)]
+
+
+def fill_regions(text: str, names: list[str]) -> str:
+    """``text`` with every ``{rK}`` replaced by ``names[K]`` (other braces are left alone)."""
+    return _PLACEHOLDER.sub(lambda m: names[int(m.group(1))], text)
+
+
+class RegionQA(_Model):
+    """A question asked as written about regions of view 0, with its reference answer.
+
+    ``question`` and ``answer`` name regions as ``{r0}``, ``{r1}``, ... (index into ``regions``);
+    the task replaces them with its own region text (e.g. "bounding box region (12, 40, 300, 511)").
+    ``gt`` by ``kind``: qualitative -> bool (the question's claim holds), quantitative -> metres
+    (>= 0), direction -> clock hour 1..12, choice -> index of the region that is the answer.
+    """
+
+    category: str = Field(min_length=1, description="the benchmark's own category name, e.g. left_choice")
+    kind: Literal["qualitative", "quantitative", "direction", "choice"]
+    question: str = Field(min_length=1)
+    answer: str = Field(min_length=1, description="the reference answer, regions as {rK}")
+    gt: bool | int | float
+    regions: list[tuple[float, float, float, float]] = Field(
+        min_length=1, description="(x_min, y_min, x_max, y_max) continuous corner-origin pixels of view 0"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "RegionQA":
+        for i, box in enumerate(self.regions):
+            if not all(math.isfinite(v) for v in box) or not (box[0] < box[2] and box[1] < box[3]):
+                raise ValueError(f"regions[{i}] = {box} is not a finite box with x_min < x_max and y_min < y_max")
+        n = len(self.regions)
+        for name in ("question", "answer"):
+            bad = [k for k in region_placeholders(getattr(self, name)) if k >= n]
+            if bad:
+                raise ValueError(f"{name} names region {{r{bad[0]}}} but there are {n} regions")
+        gt, kind = self.gt, self.kind
+        if kind == "qualitative":
+            ok = isinstance(gt, bool)
+        elif kind == "quantitative":
+            ok = not isinstance(gt, bool) and math.isfinite(gt) and gt >= 0
+        elif kind == "direction":
+            ok = not isinstance(gt, bool) and gt == int(gt) and 1 <= gt <= 12
+        else:
+            ok = not isinstance(gt, bool) and gt == int(gt) and 0 <= gt < n
+        if not ok:
+            want = {
+                "qualitative": "true/false",
+                "quantitative": "metres >= 0",
+                "direction": "a clock hour 1..12",
+                "choice": f"a region index 0..{n - 1}",
+            }[kind]
+            raise ValueError(f"gt {gt!r} of a {kind} question must be {want}")
+        if kind in ("direction", "choice"):
+            self.gt = int(gt)
+        elif kind == "quantitative":
+            self.gt = float(gt)
+        return self
+
+
 class Record(_Model):
     """One training/evaluation unit: one image (depth, object) or an image pair (pose, correspondence)."""
 
@@ -134,6 +203,7 @@ class Record(_Model):
     depth: DepthLabels | None = None
     matches: Matches | None = None
     objects: list[Object3D] | None = None
+    qa: list[RegionQA] | None = Field(default=None, description="questions asked as written, about 2D regions of view 0")
     covisibility: float | None = Field(default=None, description="share of view-0 pixels visible in view 1")
     meta: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
 
@@ -162,4 +232,10 @@ def check_pixels_inside(record: Record) -> list[str]:
     if record.matches is not None:
         _check("matches.pixels0", record.matches.pixels0, record.views[0].K)
         _check("matches.pixels1", record.matches.pixels1, record.views[1].K)
+    if record.qa:
+        K = record.views[0].K
+        for i, qa in enumerate(record.qa):
+            for j, (x0, y0, x1, y1) in enumerate(qa.regions):
+                if x0 < 0 or y0 < 0 or x1 > K.width or y1 > K.height:
+                    problems.append(f"qa[{i}].regions[{j}] = ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is outside the {K.width}x{K.height} image")
     return problems

@@ -1,6 +1,7 @@
 """Apply focal-length unification to a record: resample its images and move every pixel label.
 
-Depth values, 3D boxes and poses are metric and do not change; pixels, 2D boxes and intrinsics do.
+Depth values, 3D boxes and poses are metric and do not change; pixels, 2D boxes (``Object3D.box2d``
+and the regions of ``Record.qa``, by the same rule) and intrinsics do.
 
 No label is lost to the view transform itself: ``size_multiple`` pads the canvas up to the
 multiple (``vlm3.geometry.unify.pad_to_multiple``), and a label in the sub-pixel sliver that
@@ -145,16 +146,27 @@ def transform_record(record: Record, images: list[np.ndarray], view_fn: Callable
             if obj.box2d is None:
                 objs.append(obj.model_copy())
                 continue
-            box = transforms[0].boxes_forward(np.asarray(obj.box2d))[0]
-            K = new_views[0].K
-            box = np.clip(box, 0, [K.width, K.height, K.width, K.height])
-            objs.append(obj.model_copy(update={"box2d": tuple(float(v) for v in box)}))
+            objs.append(obj.model_copy(update={"box2d": _map_box(transforms[0], new_views[0].K, obj.box2d)}))
         update["objects"] = objs
+    if record.qa:
+        # Region boxes of questions asked as written move exactly like Object3D.box2d.
+        update["qa"] = [
+            qa.model_copy(update={"regions": [_map_box(transforms[0], new_views[0].K, box) for box in qa.regions]})
+            for qa in record.qa
+        ]
     update["meta"] = dict(record.meta)
     dropped = sum(len(v) for v in not_asked.values())
     out = record.model_copy(update=update, deep=True)
     whole = out.model_copy(update=full, deep=True) if dropped else None
     return UnifiedRecord(out, new_images, transforms, dropped, kept, record, not_asked, whole)
+
+
+def _map_box(transform: FocalTransform, K: Intrinsics, box) -> tuple[float, float, float, float]:
+    """A 2D box (x_min, y_min, x_max, y_max) of the source view in the transformed view, clipped to
+    its canvas (the same rule for ``Object3D.box2d`` and ``RegionQA.regions``)."""
+    out = transform.boxes_forward(np.asarray(box, dtype=np.float64))[0]
+    out = np.clip(out, 0, [K.width, K.height, K.width, K.height])
+    return tuple(float(v) for v in out)
 
 
 def not_asked_reasons(transform: FocalTransform, K: Intrinsics, pixels: np.ndarray) -> np.ndarray:

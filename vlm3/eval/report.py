@@ -161,6 +161,13 @@ def report_markdown(task: str | Task, content: dict[str, Any], lines: list[dict[
 
         md += ["", f"## Labels not asked ({len(unasked)}; scored as failures, the same for every model)", ""]
         md += [f"- `{line['key']}`: {NOT_ASKED.get(line['not_asked'], line['not_asked'])}" for line in unasked[:5]]
+    judge = content.get("judge")
+    if judge:
+        a = judge["agreement"]
+        md += ["", f"## LLM judge ({judge['model']} at {judge.get('base_url') or 'OpenAI'}; SpatialRGPT-Bench's official protocol)", ""]
+        md += [f"- {kind}: {_fmt(score)}" for kind, score in judge["scores"].items()]
+        md += [f"- agrees with vlm3's rules on {a['agree']} of {a['judged']} judged answers ({_fmt(a['share_agreeing'])}); "
+               f"{a['unjudged']} unjudged (counted wrong, as the official script does); verdicts in `{judge['file']}`"]
     if figures:
         md += ["", "## Figures", ""]
         md += [f"![{title}]({PLOTS}/{name})" for name, title in figures]

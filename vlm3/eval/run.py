@@ -45,6 +45,7 @@ from vlm3.models.truth import SPEC as TRUTH_SPEC, GroundTruthBackend
 from vlm3.profiles import ProfileError, model_ids, profile_hash, task_profile
 from vlm3.settings import Settings, SettingsError, model_settings_for, served_settings, settings_for_model
 from vlm3.tasks.base import Task, get_task
+from vlm3.tasks.object3d import OBJECT
 from vlm3.tasks.samples import NotAsked, Sample, build_sample, load_images
 
 PREDICTIONS = "predictions.jsonl"
@@ -135,6 +136,7 @@ def run_eval(
     backend_options: dict[str, Any] | None = None,
     pair_order: str | None = None,
     profile: str | None = None,
+    judge: dict[str, Any] | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` (a spec string or a :class:`Backend`) on ``bench``; write ``out``.
 
@@ -146,6 +148,10 @@ def run_eval(
     (:func:`vlm3.settings.settings_for_model`).
     ``pair_order`` (pose benches) overrides the bench's ``scoring.pair_order``; scoring options
     change no question, so cached answers are reused and only the metrics change.
+    ``judge`` (object benches; ``--judge``): ``{"base_url", "model", "api_key_env"}`` of an
+    OpenAI-compatible endpoint that re-scores every answer with SpatialRGPT-Bench's official LLM-judge
+    protocol (:mod:`vlm3.eval.judge`); its scores and its agreement with vlm3's rules go into
+    ``metrics.json`` as ``judge``.
     """
     for name, value in (("batch_size", batch_size), ("limit", limit), ("limit_points", limit_points), ("max_new_tokens", max_new_tokens)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -164,6 +170,8 @@ def run_eval(
     spec = model if isinstance(model, str) else getattr(model, "name", None)
     task = get_task(bench.task)
     scoring = _scoring(bench, task, pair_order)
+    if judge is not None and task.name != OBJECT.name:
+        raise EvalError(f"--judge re-scores object answers; bench {bench.name!r} is a {task.name} bench")
     if model == TRUTH_SPEC:  # the ground-truth answerer (vlm3.models.truth): checks the bench, not a model
         backend: Backend = GroundTruthBackend(bench, cache, profile)
     elif isinstance(model, str):
@@ -271,6 +279,16 @@ def run_eval(
                 f"use settings.size_multiple = {proc['patch_multiple']} and a pixel budget ({proc['min_pixels']}..{proc['max_pixels']}) that holds the images"
             )
         # Metrics options: the bench's scoring, the text-coordinate range, and each view as shown.
+        if judge is not None:
+            from vlm3.eval.judge import JudgeError, judge_run, make_client
+
+            try:
+                client = make_client(judge.get("base_url"), judge.get("api_key_env") or "OPENAI_API_KEY")
+                info["judge"] = judge_run(out, ordered, client, judge["model"], base_url=judge.get("base_url"))
+            except JudgeError as e:
+                raise EvalError(f"--judge: {e}") from None
+            except Exception as e:  # a refused key, unknown model or unreachable URL: one line
+                raise EvalError(f"--judge {judge.get('base_url') or 'OpenAI'} ({judge['model']}): {type(e).__name__}: {e}") from None
         options = {**scoring, "n_coords": settings.n_coords, "views": view_frames([records[e.record] for e in entries], task, settings)}
         metrics = write_report(out, task, ordered, info, records=records, image_root=root, plots=plots, options=options)
         return EvalResult(out, metrics, len(ordered), reused, calls, seconds)

@@ -16,6 +16,29 @@ Qualitative predicates "A <predicate> B" compare, strictly:
 Quantitative values: direct distance between centres, horizontal distance (perpendicular to
 gravity), vertical distance (along gravity), width and height of A (metres), and the direction
 of B from A as a clock hour in the ground plane (12 = camera forward, 3 = right, 1..12).
+
+Questions asked as written (``Record.qa``, e.g. SpatialRGPT-Bench, adapter ``spatialrgpt-bench``):
+the record's own question and reference answer, ``{rK}`` replaced by region K's box text. Kinds:
+qualitative (yes/no), quantitative (metres), direction (clock hour) and choice (which region).
+Reading an answer (:func:`parse_region_answer`; the bench's reference answers are read the same
+way at prepare time, :func:`region_qa_gt`):
+
+- yes/no: the first verdict word ("Yes", "Indeed", "Correct", "That is True" / "No", "Incorrect",
+  "That is False"); without one, the relation the answer states about the question's subject
+  (:func:`parse_relation`: "In fact, A is to the right of B." answers "Is A to the left of B?"
+  with no; a negation or B as the sentence's subject flips it);
+- lengths (:func:`parse_distance`): the last number with a unit (m, cm, mm, km, inches, feet,
+  yards, 5'3"), spelled-out numbers ("five feet", "half a meter", "one and a half meters",
+  "a foot"), and a range ("between 1 and 2 meters", "1-2 m", "3 to 4 feet") counts as its
+  midpoint; "no vertical distance / gap" without any number is 0 m;
+- clock hours: "3 o'clock", "at 3", "three o'clock";
+- choice: the first region the answer names, by its box text (equal, else IoU >= 0.5 with one
+  region's box), "Region [K]" or "{rK}".
+
+Success rules: yes/no and choices exact; lengths within 0.75..1.25 x gt, or within
+:data:`QUANT_TOLERANCE_M` (5 mm) of it, so 0 m and sub-centimetre ground truths can be met
+(SpatialRGPT's scorer has only the ratio band: a 0 m gt then needs exactly 0); directions within
+1 hour, circularly.
 """
 
 from __future__ import annotations
@@ -32,21 +55,27 @@ from vlm3 import plotting
 from vlm3.geometry.pose import is_rotation
 from vlm3.profiles import ZERO_SHOT_SETTINGS, ZERO_SHOT_SYSTEM, TaskProfile
 from vlm3.settings import DEFAULT_FOCAL_PX
-from vlm3.tasks.base import Query, ScoreLine, Task, register, short
+from vlm3.tasks.base import Query, ScoreLine, Task, is_numeric, register, short
 from vlm3.tasks.common import (
+    UNIT_TO_METRES,
     as_float,
     assistant_turn,
     extract_answer,
+    find_quantities,
     mean_or_nan,
     normalise_text,
     parse_length,
     share,
+    strip_tuples,
     user_turn,
 )
+from vlm3.data.records import fill_regions, region_placeholders
 from vlm3.textref import encode_box, format_box
 
 DEFAULT_GRAVITY: tuple[float, float, float] = (0.0, 1.0, 0.0)
-KINDS: tuple[str, ...] = ("qualitative", "quantitative", "direction")
+KINDS: tuple[str, ...] = ("qualitative", "quantitative", "direction", "choice")
+"""Question kinds. ``choice`` ("Which is more to the left, A or B?") comes only from questions asked
+as written (``Record.qa``); its ground truth is the index of the region that is the answer."""
 
 # predicate -> (category, relation phrase)
 PREDICATES: dict[str, tuple[str, str]] = {
@@ -364,6 +393,7 @@ ZERO_SHOT_ANSWER: dict[str, str] = {
     "qualitative": "Start your answer with yes or no.",
     "quantitative": "Give the length in meters.",
     "direction": "Give the direction as a clock hour (12 = straight ahead, 3 = to the right).",
+    "choice": "Answer with the bounding box region you choose, written as in the question.",
 }
 
 
@@ -434,17 +464,299 @@ def parse_clock(text: Any) -> int | None:
 
 
 def parse_object_answer(text: Any, kind: str) -> bool | float | int | None:
-    """Parse an answer of a ``kind`` in :data:`KINDS`: bool, metres, or clock hour; None on failure."""
+    """Parse an answer of a ``kind`` in :data:`KINDS`: bool, metres (:func:`parse_distance`), clock hour,
+    or region index ("Region [1]" / "{r1}"; with boxes use :func:`parse_region_answer`); None on failure."""
     if kind == "qualitative":
         return parse_yes_no(text)
     if kind == "quantitative":
-        try:
-            return parse_length(extract_answer(text))
-        except Exception:  # a parser must never take an evaluation down
-            return None
+        return parse_distance(text)
     if kind == "direction":
         return parse_clock(text)
+    if kind == "choice":
+        return parse_choice(text)
     return None
+
+
+# --- questions asked as written (Record.qa): regions, relations, choices, spelled-out lengths ----
+
+# SpatialRGPT-Bench categories (qa_info.category) -> the group its official scorer reports them in
+# (scripts/srgpt/eval/evaluate_spatial_with_gpt4.py: "Qual_left/right_acc" pools left/right predicates
+# and choices, "Quan_width_acc", ...), named like vlm3's own object categories ("left_right").
+SRGPT_GROUPS: dict[str, str] = {
+    **{f"{p}_{form}": category for p, (category, _) in PREDICATES.items() for form in ("predicate", "choice")},
+    "distance_data": "direct_distance",
+    "horizontal_distance_data": "horizontal_distance",
+    "vertical_distance_data": "vertical_distance",
+    "width_data": "width",
+    "height_data": "height",
+    "direction": "direction",
+}
+
+OPPOSITE: dict[str, str] = {
+    "left": "right", "right": "left", "above": "below", "below": "above", "big": "small", "small": "big",
+    "tall": "short", "short": "tall", "wide": "thin", "thin": "wide", "behind": "front", "front": "behind",
+}
+
+# Phrases that state "A <predicate> B" in an answer without a verdict word ("In fact, A is to the
+# right of B.", "Actually, A is below B.", "A might be narrower than B"). The opposite predicate's
+# phrases state the negation. Matched case-insensitively on word boundaries, longest first.
+RELATION_PHRASES: dict[str, tuple[str, ...]] = {
+    "left": ("to the left", "on the left", "left"),
+    "right": ("to the right", "on the right", "right"),
+    "above": ("above", "over", "higher", "on top of", "atop"),
+    "below": ("below", "under", "underneath", "beneath", "lower"),
+    "big": ("bigger", "larger", "greater size", "larger size", "more space"),
+    "small": ("smaller", "smaller size", "lesser size", "less space"),
+    "tall": ("taller", "greater height", "more height"),
+    "short": ("shorter", "lesser height", "less height", "not as tall"),
+    "wide": ("wider", "broader", "greater width", "larger width", "more width"),
+    "thin": ("thinner", "narrower", "lesser width", "less width", "not as wide"),
+    "behind": ("behind", "further", "farther", "more distant", "at the back", "more backward"),
+    "front": ("in front", "closer", "nearer", "less distant", "more forward", "before"),
+}
+_NEGATIONS = frozenset({"not", "never", "isn't", "isnt", "aren't", "doesn't", "don't", "cannot", "can't"})
+
+
+def _relation_pattern(predicate: str) -> re.Pattern[str]:
+    phrases = [(p, True) for p in RELATION_PHRASES[predicate]] + [(p, False) for p in RELATION_PHRASES[OPPOSITE[predicate]]]
+    phrases.sort(key=lambda item: -len(item[0]))
+    parts = []
+    for i, (text, holds) in enumerate(phrases):
+        words = r"\s+".join(re.escape(w) for w in text.split())
+        parts.append(f"(?P<{'p' if holds else 'o'}{i}>{words})")
+    alternation = "|".join(parts)
+    return re.compile(rf"\b(?:{alternation})\b", re.IGNORECASE)
+
+
+_RELATION_RE: dict[str, re.Pattern[str]] = {p: _relation_pattern(p) for p in PREDICATES}
+
+# A region named in text: the task's box text "(12, 40, 300, 511)", the bench's "Region [1]", or a
+# "{r1}" placeholder of an unfilled template.
+_REGION_MENTION = re.compile(
+    r"\{r(?P<ph>\d+)\}|\bregion\s*\[\s*(?P<idx>\d+)\s*\]"
+    r"|[(\[]\s*(?P<x0>[+-]?\d+(?:\.\d+)?)\s*,\s*(?P<y0>[+-]?\d+(?:\.\d+)?)\s*,"
+    r"\s*(?P<x1>[+-]?\d+(?:\.\d+)?)\s*,\s*(?P<y1>[+-]?\d+(?:\.\d+)?)\s*[)\]]",
+    re.IGNORECASE,
+)
+
+
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0.0) * max(h, 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def match_region(box: Sequence[float], boxes: Sequence[Sequence[float]]) -> int | None:
+    """Index of the region whose text box is ``box``: the one equal to it (None if several are),
+    else the one it overlaps most with IoU >= 0.5, else None."""
+    equal = [i for i, b in enumerate(boxes) if tuple(float(v) for v in b) == tuple(float(v) for v in box)]
+    if equal:
+        return equal[0] if len(equal) == 1 else None
+    scores = [_iou(box, b) for b in boxes]
+    best = int(np.argmax(scores)) if scores else -1
+    return best if best >= 0 and scores[best] >= 0.5 else None
+
+
+def region_mentions(text: Any, boxes: Sequence[Sequence[float]] | None = None) -> list[int]:
+    """Indices of the regions named in ``text``, in reading order (with repeats).
+
+    A region is named by ``{rK}``, by ``Region [K]`` (the bench's own text), or by a box
+    ``(x0, y0, x1, y1)`` matched to ``boxes`` (the text boxes the question used,
+    :func:`match_region`). With ``boxes`` given, indices outside them are ignored.
+    """
+    if not isinstance(text, str):
+        return []
+    out = []
+    for m in _REGION_MENTION.finditer(text):
+        if m.group("ph") is not None or m.group("idx") is not None:
+            k = int(m.group("ph") if m.group("ph") is not None else m.group("idx"))
+            if boxes is not None and k >= len(boxes):
+                continue
+        else:
+            if boxes is None:
+                continue
+            found = match_region([float(m.group(g)) for g in ("x0", "y0", "x1", "y1")], boxes)
+            if found is None:
+                continue
+            k = found
+        out.append(k)
+    return out
+
+
+def parse_relation(text: Any, predicate: str, boxes: Sequence[Sequence[float]] | None = None, subject: int = 0) -> bool | None:
+    """Whether an answer without a verdict word states "subject <predicate> other" (True) or the
+    opposite (False), or None.
+
+    The first relation phrase (:data:`RELATION_PHRASES`, the predicate's or its opposite's) decides;
+    a negation among the three words before it flips it ("is not above"), and so does a sentence
+    whose first region named before the phrase is not the question's subject ("B is in front of A").
+    """
+    try:
+        span = normalise_text(extract_answer(text))
+        match = _RELATION_RE[predicate].search(span)
+        if match is None:
+            return None
+        holds = any(name.startswith("p") for name, value in match.groupdict().items() if value is not None)
+        before = span[: match.start()]
+        if any(w.strip(",.;:!?").lower() in _NEGATIONS or w.lower().endswith("n't") for w in before.split()[-3:]):
+            holds = not holds
+        named = region_mentions(before, boxes)
+        if named and named[0] != subject:
+            holds = not holds
+        return holds
+    except Exception:  # a parser must never take an evaluation down
+        return None
+
+
+def parse_qualitative(text: Any, predicate: str | None = None, boxes: Sequence[Sequence[float]] | None = None, subject: int = 0) -> bool | None:
+    """A yes/no answer: the first verdict word (:func:`parse_yes_no`: "Yes", "Indeed", "Correct",
+    "That is True" / "No", "Incorrect", "That is False"); without one, and with the question's
+    ``predicate`` known, the relation the answer states (:func:`parse_relation`: SpatialRGPT-Bench's
+    "In fact, A is to the right of B." / "Actually, A might be smaller than B." answer "no")."""
+    verdict = parse_yes_no(text)
+    if verdict is not None or predicate not in PREDICATES:
+        return verdict
+    return parse_relation(text, predicate, boxes, subject)
+
+
+def parse_choice(text: Any, boxes: Sequence[Sequence[float]] | None = None) -> int | None:
+    """The region an answer chooses: the first region it names (:func:`region_mentions`), or None.
+    "[X] is more to the left.", "Positioned higher is [X]." name only the answer."""
+    try:
+        named = region_mentions(extract_answer(text), boxes)
+        return named[0] if named else None
+    except Exception:  # a parser must never take an evaluation down
+        return None
+
+
+_SMALL_NUMBERS = {
+    w: i for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+        "sixteen seventeen eighteen nineteen".split()
+    )
+}
+_TENS = {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), start=2)}
+_NUMBER_WORD = "|".join(sorted([*_SMALL_NUMBERS, *_TENS, "hundred", "thousand"], key=len, reverse=True))
+_NUMBER_WORDS = re.compile(rf"\b(?:{_NUMBER_WORD})(?:(?:\s+|-)(?:{_NUMBER_WORD}))*\b", re.IGNORECASE)
+# Full unit words only: "a m" or "half an in" are not lengths.
+_UNIT_WORD = r"(?:(?:kilo|centi|milli)?met(?:er|re)s?|feet|foot|inch(?:es)?|yards?)\b"
+_DIGITS = r"\d+(?:\.\d+)?"
+_ZERO_DISTANCE = re.compile(
+    r"\b(?:no|zero)\s+(?:\w+\s+){0,2}?(?:distance|gap|separation|space)\b|\bin\s+(?:immediate\s+)?(?:vertical\s+)?contact\b",
+    re.IGNORECASE,
+)
+
+
+def _words_value(words: str) -> int:
+    total = current = 0
+    for w in re.split(r"[\s-]+", words.lower()):
+        if w in _SMALL_NUMBERS:
+            current += _SMALL_NUMBERS[w]
+        elif w in _TENS:
+            current += _TENS[w]
+        elif w == "hundred":
+            current = (current or 1) * 100
+        elif w == "thousand":
+            total += (current or 1) * 1000
+            current = 0
+    return total + current
+
+
+def spell_out_numbers(text: str) -> str:
+    """``text`` with spelled-out lengths in digits: "five feet" -> "5 feet", "twenty-five" -> "25",
+    "one and a half meters" -> "1.5 meters", "half a meter" / "a half meter" -> "0.5 meter",
+    "a quarter of a meter" -> "0.25 meter", "a foot" -> "1 foot", "1 1/2 feet" -> "1.5 feet",
+    "3/4 inch" -> "0.75 inch"."""
+    text = _NUMBER_WORDS.sub(lambda m: str(_words_value(m.group(0))), text)
+    text = re.sub(rf"\b(?:a|an)\s+({_UNIT_WORD})\s+and\s+a\s+half\b", r"1.5 \1", text, flags=re.IGNORECASE)
+    text = re.sub(rf"({_DIGITS})\s+({_UNIT_WORD})\s+and\s+a\s+half\b", lambda m: f"{float(m.group(1)) + 0.5:g} {m.group(2)}", text, flags=re.IGNORECASE)
+    for words, add in (("a half", 0.5), ("one half", 0.5), ("a quarter", 0.25), ("three quarters", 0.75)):
+        text = re.sub(rf"({_DIGITS})\s+and\s+{words}\b", lambda m, add=add: f"{float(m.group(1)) + add:g}", text, flags=re.IGNORECASE)
+    text = re.sub(r"(?<![\d.])(\d+)\s+(\d+)\s*/\s*(\d+)(?![\d.])", lambda m: f"{int(m.group(1)) + int(m.group(2)) / max(int(m.group(3)), 1):g}", text)
+    text = re.sub(r"(?<![\d./])(\d+)\s*/\s*(\d+)(?![\d./])", lambda m: f"{int(m.group(1)) / max(int(m.group(2)), 1):g}", text)
+    text = re.sub(rf"\b(?:a\s+)?half\s+(?:of\s+)?(?:(?:a|an|one|1)\s+)?(?={_UNIT_WORD})", "0.5 ", text, flags=re.IGNORECASE)
+    text = re.sub(rf"\b(?:a\s+)?quarter\s+(?:of\s+)?(?:(?:a|an|one|1)\s+)?(?={_UNIT_WORD})", "0.25 ", text, flags=re.IGNORECASE)
+    return re.sub(rf"\b(?:a|an)\s+(?={_UNIT_WORD})", "1 ", text, flags=re.IGNORECASE)
+
+
+def merge_ranges(text: str) -> str:
+    """``text`` with every length range replaced by its midpoint in metres: "between 1 and 2
+    meters", "1-2 m", "1 to 2 feet", "from 50 cm to 1 m" -> "1.5 m" / ... A range needs a unit
+    after its second number; a first number without one takes that unit."""
+    quantities = find_quantities(text)
+    out, pos = [], 0
+    i = 0
+    while i < len(quantities) - 1:
+        q1, q2 = quantities[i], quantities[i + 1]
+        gap = text[q1.end : q2.start]
+        dash = re.fullmatch(r"\s*(?:-|–|—|to)\s*", gap) is not None
+        between = re.fullmatch(r"\s*and\s*", gap) is not None and re.search(r"\bbetween\s*$", text[: q1.start], re.IGNORECASE)
+        if q2.unit is not None and (dash or between) and q1.value >= 0 and q2.value >= 0:
+            first = q1.value * UNIT_TO_METRES[q1.unit or q2.unit]
+            out += [text[pos : q1.start], f"{(first + q2.metres) / 2!r} m"]
+            pos = q2.end
+            i += 2
+            continue
+        i += 1
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def parse_distance(text: Any) -> float | None:
+    """A length in metres from an answer, or None: :func:`vlm3.tasks.common.parse_length` (the last
+    number with a unit wins; m, cm, mm, km, inches, feet, yards; box tuples ignored) after spelled-out
+    numbers become digits (:func:`spell_out_numbers`) and ranges their midpoints
+    (:func:`merge_ranges`); an answer with no number that says there is no distance / gap / vertical
+    separation (or that they are in contact) is 0 m."""
+    try:
+        span = strip_tuples(normalise_text(extract_answer(text)))
+        value = parse_length(merge_ranges(spell_out_numbers(span)))
+        if value is None and _ZERO_DISTANCE.search(span) and not find_quantities(span):
+            return 0.0
+        return value
+    except Exception:  # a parser must never take an evaluation down
+        return None
+
+
+def predicate_of(category: str) -> str | None:
+    """The predicate of a qualitative category: "left_predicate" / "left_choice" -> "left"."""
+    head = str(category).split("_", 1)[0]
+    return head if head in PREDICATES else None
+
+
+@dataclass(frozen=True)
+class RegionContext:
+    """What the parser of a question asked as written needs: its kind, the predicate of a
+    yes/no question, the text boxes of its regions (as asked) and the question's subject region."""
+
+    kind: str
+    predicate: str | None = None
+    boxes: tuple[tuple[float, float, float, float], ...] | None = None
+    subject: int = 0
+
+
+def parse_region_answer(text: Any, context: RegionContext) -> bool | float | int | None:
+    """Parse an answer to a question asked as written, by kind: bool, metres, clock hour, region index."""
+    kind, boxes = context.kind, context.boxes
+    if kind == "qualitative":
+        return parse_qualitative(text, context.predicate, boxes, context.subject)
+    if kind == "quantitative":
+        return parse_distance(text)
+    if kind == "direction":
+        return parse_clock(strip_tuples(text)) if isinstance(text, str) else None
+    if kind == "choice":
+        return parse_choice(text, boxes)
+    return None
+
+
+def region_qa_gt(qa_kind: str, category: str, question: str, answer: str) -> bool | float | int | None:
+    """The ground truth a reference answer states (regions as ``{rK}``), parsed with the same
+    parser as model answers; None when it does not parse."""
+    placeholders = region_placeholders(question)
+    context = RegionContext(qa_kind, predicate_of(category), None, placeholders[0] if placeholders else 0)
+    return parse_region_answer(answer, context)
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -458,12 +770,14 @@ under ~2 cm, where the 0.75-1.25 x band is narrower than the answer's rounding."
 
 
 def check_gt(kind: str, gt: Any) -> None:
-    """Raise ValueError unless ``gt`` is a bool / metres >= 0 / hour 1..12 for its ``kind``."""
+    """Raise ValueError unless ``gt`` is a bool / metres >= 0 / hour 1..12 / region index >= 0 for its ``kind``."""
     if kind == "qualitative" and isinstance(gt, (bool, np.bool_)):
         return
     if kind == "quantitative" and (value := as_float(gt)) is not None and value >= 0:
         return
     if kind == "direction" and (value := as_float(gt)) is not None and value == int(value) and 1 <= value <= 12:
+        return
+    if kind == "choice" and (value := as_float(gt)) is not None and value == int(value) and value >= 0:
         return
     raise ValueError(f"ground truth {gt!r} is not valid for a {kind!r} question")
 
@@ -475,6 +789,8 @@ def _valid_pred(kind: str, pred: Any) -> bool | float | int | None:
     if kind == "quantitative":
         return as_float(pred)
     value = as_float(pred)
+    if kind == "choice":
+        return int(value) if value is not None and value == int(value) and value >= 0 else None
     return int(value) if value is not None and value == int(value) and 1 <= value <= 12 else None
 
 
@@ -491,7 +807,16 @@ def _correct(kind: str, pred: Any, gt: Any) -> bool:
         return pred == bool(gt)
     if kind == "quantitative":
         return 0.75 * gt <= pred <= 1.25 * gt or abs(pred - gt) <= QUANT_TOLERANCE_M + 1e-9
+    if kind == "choice":
+        return int(pred) == int(gt)
     return clock_difference(pred, gt) <= 1
+
+
+def line_correct(line: dict[str, Any]) -> bool:
+    """vlm3's verdict on one object prediction line (``pred``, ``gt``, ``kind``): the rules of
+    :func:`object_metrics`; an unparsed or unasked answer is wrong."""
+    kind = line["kind"]
+    return _correct(kind, _valid_pred(kind, line.get("pred")), _typed_gt(kind, line["gt"]))
 
 
 def object_metrics(
@@ -502,13 +827,19 @@ def object_metrics(
 ) -> dict[str, Any]:
     """Object-level metrics; predictions already parsed (None = failure, counted wrong).
 
-    - ``qualitative_acc``: share of correct yes/no answers;
+    - ``qualitative_acc``: share of correct yes/no answers and region choices (SpatialRGPT-Bench's
+      official scorer counts its ``*_choice`` questions as qualitative); ``choice_acc``: the
+      choices alone;
     - ``quantitative_success``: share with 0.75·gt <= pred <= 1.25·gt or |pred - gt| <=
       :data:`QUANT_TOLERANCE_M` (5 mm, the rounding of a 2-decimal answer); ``quantitative_abs_rel``:
       mean |pred - gt| / gt over parsed answers whose gt is not 0 m;
     - ``direction_success``: share within 1 clock hour (circular);
     - ``categories``: per category (default: the kind) ``kind``, ``n``, ``parsed``, ``score``
-      (the kind's accuracy / success rate) and, for quantitative ones, ``abs_rel``.
+      (the kind's accuracy / success rate) and, for quantitative ones, ``abs_rel``;
+    - ``groups`` (only when SpatialRGPT-Bench categories occur, :data:`SRGPT_GROUPS`): per group of
+      its official scorer ("left_right" = its "Left/Right": left/right predicates and choices;
+      "direct_distance", "width", ..., "direction") ``n`` and ``score``, plus ``quantitative_overall`` = success over distances, sizes AND directions
+      (its "Quan Overall Acc"; vlm3's ``quantitative_success`` leaves directions out).
     Each share is NaN when the kind does not occur.
     """
     n = len(preds)
@@ -528,10 +859,17 @@ def object_metrics(
         return mean_or_nan([abs(values[i] - gts[i]) / gts[i] for i in np.flatnonzero(mask & parsed) if gts[i] > 0])
 
     out: dict[str, Any] = {"n": n, "parsed": int(parsed.sum())}
-    for kind, key in (("qualitative", "qualitative_acc"), ("quantitative", "quantitative_success"), ("direction", "direction_success")):
-        mask = kinds_arr == kind
+    for kinds_of, key in (
+        (("qualitative", "choice"), "qualitative_acc"),
+        (("quantitative",), "quantitative_success"),
+        (("direction",), "direction_success"),
+        (("choice",), "choice_acc"),
+    ):
+        mask = np.isin(kinds_arr, kinds_of)
+        if key == "choice_acc" and not mask.any():
+            continue  # only questions asked as written have choices
         out[key] = share(correct[mask], int(mask.sum()))
-        if kind == "quantitative":
+        if key == "quantitative_success":
             out["quantitative_abs_rel"] = abs_rel(mask)
     per_category: dict[str, dict[str, Any]] = {}
     for category in dict.fromkeys(categories):
@@ -550,21 +888,46 @@ def object_metrics(
             entry["abs_rel"] = abs_rel(mask)
         per_category[category] = entry
     out["categories"] = per_category
+    groups = [SRGPT_GROUPS.get(c) for c in categories]
+    if any(g is not None for g in groups):
+        grouped: dict[str, Any] = {}
+        for group in dict.fromkeys(g for g in SRGPT_GROUPS.values()):
+            mask = np.array([g == group for g in groups], dtype=bool)
+            if mask.any():
+                grouped[group] = {"n": int(mask.sum()), "score": share(correct[mask], int(mask.sum()))}
+        mask = np.array([g is not None for g in groups], dtype=bool) & np.isin(kinds_arr, ("quantitative", "direction"))
+        grouped["quantitative_overall"] = {"n": int(mask.sum()), "score": share(correct[mask], int(mask.sum()))}
+        out["groups"] = grouped
     return out
 
 
 # --- the task -----------------------------------------------------------------------------------
 
 
+def _capitalise(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _typed_gt(kind: str, gt: Any) -> bool | float | int:
-    return bool(gt) if kind == "qualitative" else (int(gt) if kind == "direction" else float(gt))
+    return bool(gt) if kind == "qualitative" else (int(gt) if kind in ("direction", "choice") else float(gt))
 
 
 class ObjectTask(Task):
-    """Questions about pairs of 3D-boxed objects of one image (record field ``objects``).
+    """Questions about pairs of 3D-boxed objects of one image (record field ``objects``), or a
+    benchmark's own questions asked as written (record field ``qa``).
 
-    An evaluation asks every predicate and quantity of every ordered pair of objects with a 2D
-    box, in a fixed order; label i is question i of that list.
+    Objects: an evaluation asks every predicate and quantity of every ordered pair of objects with
+    a 2D box, in a fixed order; label i is question i of that list.
+
+    ``qa`` (a record with it is asked only those): label i is ``qa[i]``, its ``{rK}`` replaced by
+    region K's box as the profile writes boxes ("bounding box region (12, 40, 300, 511)", text
+    coordinates of the image shown; the vlm3-release profile normalises the original box by the
+    original size, as for objects); the target answer is the reference answer with the same
+    replacement. Answers are read by kind (:func:`parse_region_answer`): yes/no (verdict word, else
+    the relation stated), metres (:func:`parse_distance`), clock hour, or the region chosen (the
+    first region named). Prediction lines carry ``kind``, ``category`` (the bench's own name) and
+    ``reference`` (the reference answer as asked), so a judge can re-score them
+    (:mod:`vlm3.eval.judge`).
     """
 
     name = "object"
@@ -582,17 +945,21 @@ class ObjectTask(Task):
     label_prefix = "q"
     headline = "qualitative_acc"
     max_new_tokens = 64
-    score_format = '{"pred": answer text | bool | number | null, "gt": bool | metres | hour, "kind": qualitative | quantitative | direction, "category"?}'
+    score_format = '{"pred": answer text | bool | number | null, "gt": bool | metres | hour | region index, "kind": qualitative | quantitative | direction | choice, "category"?, "regions"?: [[x0, y0, x1, y1] as asked]}'
 
     def has_labels(self, record) -> bool:
-        return bool(record.objects)
+        return bool(record.objects) or bool(record.qa)
 
     def n_labels(self, record) -> int:
+        if record.qa:
+            return len(record.qa)
         k = sum(1 for o in record.objects or [] if o.box2d is not None)
         return k * (k - 1) * (len(PREDICATES) + len(QUANTITIES)) if k >= 2 else 0
 
     def build(self, view, settings, rng, labels):
         rec = view.record
+        if rec.qa:
+            return self._build_qa(view, settings, rng, labels)
         K = rec.views[0].K
         objs = [o for o in rec.objects if o.box2d is not None]
         if len(objs) < 2:
@@ -621,9 +988,39 @@ class ObjectTask(Task):
             chosen = list(range(len(qas))) if labels is None else [i for i in labels if 0 <= i < len(qas)]
         picked = [profile_qa(qa, settings) for qa in (qas[i] for i in chosen)]
         queries = [
-            Query(qa.question, qa.answer, _typed_gt(qa.kind, qa.value), i, {"kind": qa.kind, "category": qa.category}, qa.kind)
+            Query(qa.question, qa.answer, _typed_gt(qa.kind, qa.value), i, {"kind": qa.kind, "category": qa.category, "reference": qa.answer}, qa.kind)
             for i, qa in zip(chosen, picked)
         ]
+        return object_messages(picked), queries
+
+    def _build_qa(self, view, settings, rng, labels):
+        """Messages and queries of a record's questions asked as written (see class doc)."""
+        rec = view.record
+        if settings.profile == "vlm3-release" and view.source is not None and view.source.qa:
+            K0 = view.source.views[0].K  # as for objects: the original box, normalised by the original size
+            regions = [qa.regions for qa in view.source.qa]
+        else:
+            K0 = rec.views[0].K
+            regions = [qa.regions for qa in rec.qa]
+        n = len(rec.qa)
+        if rng is not None:
+            chosen = [int(p) for p in rng.choice(n, size=min(settings.points_per_sample, n), replace=False)]
+        else:
+            chosen = list(range(n)) if labels is None else [i for i in labels if 0 <= i < n]
+        picked, queries = [], []
+        for i in chosen:
+            qa = rec.qa[i]
+            boxes = tuple(encode_box(b, K0.width, K0.height, settings.n_coords, clamp=True) for b in regions[i])
+            names = [f"bounding box region {format_box(b)}" for b in boxes]
+            question = _capitalise(fill_regions(qa.question, names))
+            answer = _capitalise(fill_regions(qa.answer, names))
+            placeholders = region_placeholders(qa.question)
+            context = RegionContext(qa.kind, predicate_of(qa.category) if qa.kind == "qualitative" else None,
+                                    tuple(tuple(float(v) for v in b) for b in boxes), placeholders[0] if placeholders else 0)
+            one = profile_qa(ObjectQA(question, answer, qa.kind, qa.category, qa.gt), settings)
+            picked.append(one)
+            queries.append(Query(one.question, one.answer, _typed_gt(qa.kind, qa.gt), i,
+                                 {"kind": qa.kind, "category": qa.category, "reference": answer}, context))
         return object_messages(picked), queries
 
     def prompts(self, settings) -> list[str]:
@@ -637,6 +1034,8 @@ class ObjectTask(Task):
         return list(dict.fromkeys(out))
 
     def read(self, raw, query, sample):
+        if isinstance(query.context, RegionContext):
+            return parse_region_answer(raw, query.context)
         return parse_object_answer(raw, query.context)
 
     def metrics(self, lines, options=None):
@@ -652,17 +1051,23 @@ class ObjectTask(Task):
             check_gt(kind, gt)
         except ValueError:
             raise line.error(f'"gt" {short(gt)} is not valid for a {kind} question') from None
+        category = line.data.get("category", kind)
+        if not isinstance(category, str):
+            raise line.error(f'"category" must be a string, got {short(category)}')
+        boxes = line.data.get("regions")
+        if boxes is not None and not (isinstance(boxes, list) and all(isinstance(b, list) and len(b) == 4 and is_numeric(b) for b in boxes)):
+            raise line.error(f'"regions" must be a list of [x0, y0, x1, y1] boxes as asked, got {short(boxes)}')
         pred = line.get("pred")
         if isinstance(pred, str):
-            pred = parse_object_answer(pred, kind)
+            if kind == "choice" or (kind == "qualitative" and category in SRGPT_GROUPS):
+                pred = parse_region_answer(pred, RegionContext(kind, predicate_of(category) if kind == "qualitative" else None, None if boxes is None else tuple(tuple(b) for b in boxes)))
+            else:
+                pred = parse_object_answer(pred, kind)
         elif pred is not None:
             wanted_bool = kind == "qualitative"
             if isinstance(pred, bool) != wanted_bool or not isinstance(pred, (bool, int, float)):
                 wanted = "true/false" if wanted_bool else "a number"
                 raise line.error(f'"pred" must be text, {wanted} or null for a {kind} question, got {short(pred)}')
-        category = line.data.get("category", kind)
-        if not isinstance(category, str):
-            raise line.error(f'"category" must be a string, got {short(category)}')
         return {"pred": pred, "gt": _typed_gt(kind, gt), "parsed": pred is not None, "kind": kind, "category": category}
 
     def plots(self, folder, lines):
@@ -670,11 +1075,11 @@ class ObjectTask(Task):
         fig = plotting.figure(7, 4)
         ax = fig.add_subplot()
         names = list(cats)
-        ax.bar(names, [cats[c]["score"] for c in names], color=["tab:blue" if cats[c]["kind"] == "qualitative" else "tab:orange" for c in names])
+        ax.bar(names, [cats[c]["score"] for c in names], color=["tab:blue" if cats[c]["kind"] in ("qualitative", "choice") else "tab:orange" for c in names])
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("accuracy / success")
         ax.tick_params(axis="x", labelrotation=60, labelsize=8)
-        ax.set_title("object questions by category (blue: qualitative, orange: quantitative)")
+        ax.set_title("object questions by category (blue: qualitative and choice, orange: quantitative)")
         return [(plotting.save(fig, folder, "object_by_category.png"), "object score by category")]
 
     def example(self, record, images, lines):
@@ -687,6 +1092,10 @@ class ObjectTask(Task):
             x0, y0, x1, y1 = obj.box2d
             ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="cyan", lw=1))
             ax.text(x0, y0, obj.name, color="yellow", fontsize=7, va="bottom")
+        for qa in record.qa or []:
+            for k, (x0, y0, x1, y1) in enumerate(qa.regions):
+                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="cyan", lw=1))
+                ax.text(x0, y0, f"r{k}", color="yellow", fontsize=7, va="bottom")
         parsed = sum(line["pred"] is not None for line in lines)
         first = lines[0]
         ax.set_title(f"{record.id}: {parsed} of {len(lines)} answers parsed\n{first['question'][:90]}\n-> {first.get('raw', '')[:60]!r} (gt {first['gt']})", fontsize=7)

@@ -348,11 +348,11 @@ class _ProcessedPairs(Adapter):
         except (ValueError, OSError) as e:
             return Rejection(str(paths["intrinsics"].relative_to(self.root)), "bad_calibration", str(e))
         try:
-            T = np.load(paths["pose"]).astype(np.float64)
+            T = np.load(paths["cam_from_world"]).astype(np.float64)
             if T.shape != (4, 4) or not np.all(np.isfinite(T)):
                 raise ValueError(f"expected a finite 4x4 matrix, got shape {T.shape}")
         except (ValueError, OSError) as e:
-            return Rejection(str(paths["pose"].relative_to(self.root)), "bad_pose", str(e))
+            return Rejection(str(paths["cam_from_world"].relative_to(self.root)), "bad_pose", str(e))
         if self.frame == "ufm":
             image = cv2.imread(str(paths["image"]), cv2.IMREAD_COLOR)  # UFM's imread_cv2
             if image is None:
@@ -449,7 +449,7 @@ class UFMETH3DAdapter(_ProcessedPairs):
             "image": d / "undistorted_images" / f"{name}.jpg",
             "depth": d / "undistorted_depths" / f"{name}.npy",
             "intrinsics": d / "undistorted_camera_params" / f"{name}.npy",
-            "pose": d / "poses" / f"{name}.npy",
+            "cam_from_world": d / "poses" / f"{name}.npy",
         }
 
     def _read_K(self, path: Path) -> np.ndarray:
@@ -484,7 +484,7 @@ class UFMDTUAdapter(_ProcessedPairs):
             "image": d / "images" / f"{name}.png",
             "depth": d / "depths" / f"{name}.npy",
             "intrinsics": d / "camera_params" / f"{name}_intrinsics.npy",
-            "pose": d / "poses" / f"{name}.npy",
+            "cam_from_world": d / "poses" / f"{name}.npy",
         }
 
     def _read_K(self, path: Path) -> np.ndarray:
