@@ -572,6 +572,26 @@ def test_eval_judge_that_cannot_be_reached_is_one_line(bench_root, tmp_path, mon
     assert printed.exit_code == 1 and "Error: --judge: the judge gave no readable verdict for any of" in printed.output, printed.output
 
 
+def test_paper_object_suite_fills_every_column_from_the_bench(bench_root, tmp_path, monkeypatch):
+    """The suite's columns name real metric keys: the ground truth fills each with 100 % (AbsRel 0)."""
+    from typer.testing import CliRunner
+
+    from vlm3.cli import app as cli
+
+    root, _ = bench_root
+    monkeypatch.setenv("VLM3_DATA", str(root.parent))
+    out = tmp_path / "suite"
+    printed = CliRunner().invoke(cli, ["eval", "--model", "ground-truth", "--suite", "paper-object", "--out", str(out), "--no-plots"])
+    assert printed.exit_code == 0, printed.output
+    tables = json.loads((out / "suite.json").read_text())["tables"]
+    assert [t["rows"][-1]["model"] for t in tables] == ["ground-truth (this run)"] * 3
+    success, abs_rel = tables[:2], tables[2]
+    for table in success:
+        assert table["rows"][-1]["values"] == [100.0] * len(table["headers"]), table
+    assert abs_rel["rows"][-1]["values"] == [0.0] * len(abs_rel["headers"])
+    assert "| VLM3-4B | 97.84 |" in printed.output
+
+
 def test_eval_judge_is_refused_on_other_tasks(tmp_path):
     from typer.testing import CliRunner
 

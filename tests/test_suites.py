@@ -27,6 +27,7 @@ def test_every_shipped_suite_loads_and_names_shipped_benches_of_its_task():
     for name, task in PAPER_SUITES.items():
         suite = load_suite(name)
         assert suite.task == task and suite.source
+        assert len(set(suite.benches)) == len(suite.benches)
         for bench in suite.benches:
             assert bench in shipped, f"suite {name} names bench {bench!r}, which is not shipped"
             assert load_bench(bench).task == task

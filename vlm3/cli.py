@@ -512,7 +512,7 @@ def _eval_suite(name: str, out: str, model: str, evaluate, *, plots: bool) -> No
                 typer.echo("    " + get.rstrip().replace("\n", "\n    "))
     for table in suite.tables:
         view = table_view(table, result.metrics, model)
-        typer.echo(f"\n{view.title} ({'higher' if view.higher_is_better else 'lower'} is better; published rows: {suite.source})")
+        typer.echo(f"\n{view.title} ({'higher' if view.higher_is_better else 'lower'} is better; published rows: {suite.source}: {suite.path})")
         typer.echo(markdown_table(view))
     typer.echo(f"\nreport: {result.out / 'suite.md'}")
 

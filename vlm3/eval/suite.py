@@ -114,10 +114,7 @@ class Suite:
     @property
     def benches(self) -> list[str]:
         """Member bench names, in first-column order."""
-        out: list[str] = []
-        for table in self.tables:
-            out += [c.bench for c in table.columns if c.bench not in out]
-        return out
+        return list(dict.fromkeys(c.bench for table in self.tables for c in table.columns))
 
 
 def suite_names() -> list[str]:
@@ -314,5 +311,4 @@ def _plot(views: list[TableView], out: Path) -> None:
         ax.set_xticks(x, view.headers, rotation=20, ha="right", fontsize=8)
         ax.set_title(f"{view.title} ({'higher' if view.higher_is_better else 'lower'} is better)", fontsize=9)
         ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
     plotting.save(fig, out, "suite.png")
