@@ -4,8 +4,10 @@ Layout of a prepared dataset folder::
 
     DST/
       manifest.json            # dataset name, split, sizes, label conventions, source, shards
-      records/00000.jsonl      # one Record per line (``vlm3.data.records.Record``)
+      records/00000.jsonl      # one Record per line (``vlm3.data.records.Record``), UTF-8
+      records/00000.idx.npz    # its offset index: where each line starts, which tasks can use it
       records/00001.jsonl
+      records/00001.idx.npz
       images/...               # optional: materialised (e.g. focal-unified) images
 
 Image paths inside records are relative to ``manifest["image_root"]``: relative to the manifest's
@@ -15,6 +17,10 @@ points outside it); absolute in manifests written before. A record's image path 
 relative and without ``..`` (``vlm3.data.images.record_image_path`` joins it with the root and
 refuses it otherwise). Shards are plain JSONL; ``vlm3.data.hf.load_prepared`` reads any number of
 prepared folders into one ``datasets.Dataset`` (one schema, images as ``datasets.Image``).
+
+:func:`write_shard` writes each shard's offset index with it (``vlm3.data.store``: training reads
+records one at a time through it, never the whole dataset); folders written before indexes
+existed get theirs on first use.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from vlm3.data.records import SCHEMA_VERSION, Record
@@ -37,23 +44,43 @@ def shard_path(out_dir: str | Path, index: int) -> Path:
     return Path(out_dir) / RECORDS_DIR / f"{index:05d}.jsonl"
 
 
-def write_shard(records: Iterable[Record], path: str | Path) -> int:
-    """Write records to one JSONL shard atomically (temp file + rename). Returns the count."""
+def write_shard(records: Iterable[Record], path: str | Path, *, index: bool = True) -> int:
+    """Write records to one JSONL shard atomically (temp file + rename). Returns the count.
+
+    With ``index`` (the default) the shard's offset index (``vlm3.data.store``) is written next to
+    it from the records in hand, after the shard, also atomically; a shard left without one (a
+    run killed in between) gets it on first use.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    n = 0
-    with open(tmp, "w") as f:
+    if index:
+        from vlm3.data.store import ShardIndex, current_tasks, index_path, record_flags, write_index
+
+        tasks = current_tasks()
+    offsets: list[int] = []
+    flags: list[int] = []
+    offset = 0
+    with open(tmp, "wb") as f:
         for rec in records:
-            f.write(rec.model_dump_json(exclude_none=True) + "\n")
-            n += 1
+            line = (rec.model_dump_json(exclude_none=True) + "\n").encode("utf-8")
+            f.write(line)
+            offsets.append(offset)
+            if index:
+                flags.append(record_flags(rec, tasks))
+            offset += len(line)
     os.replace(tmp, path)
-    return n
+    if index:
+        st = path.stat()
+        shard_index = ShardIndex(np.array(offsets, dtype=np.uint64), np.array(flags, dtype=np.uint32), tasks, st.st_size, st.st_mtime_ns)
+        where = index_path(path)
+        write_index(where, shard_index, tmp=where.with_name(where.name + ".tmp"))
+    return len(offsets)
 
 
 def read_shard(path: str | Path) -> Iterator[Record]:
     """Yield records of one shard; a malformed line raises ValueError naming file and line."""
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -31,7 +31,8 @@ inverse CDF of a uniform number that depends only on (seed, k); the c-th draw of
 takes element ``perm_e(c mod n)`` with e = c // n, where ``perm_e`` is a seeded pseudo-random
 permutation of range(n) (a Feistel network, so no index array is stored even for 10M records). So
 every record is visited exactly once per dataset-epoch, never sampled with replacement. Training
-draws its whole plan at once; the Trainer shards and resumes that plan.
+fixes its whole plan up front but never materialises it: :class:`MixturePlan` gives any row of
+``take(n_rows)`` on demand; the Trainer shards and resumes that plan.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -346,21 +348,31 @@ class MixtureSampler:
         """
         if n < 0:
             raise MixtureError(f"take(n) needs n >= 0, got {n}")
-        u = self._uniforms(self._draw, n)
-        choice = np.minimum(np.searchsorted(self._cdf, u, side="right"), len(self.names) - 1)
+        choice = self.choices(self._uniforms(self._draw, n))
         index = np.empty(n, dtype=np.int64)
         for d in range(len(self.names)):
             where = np.flatnonzero(choice == d)
             if not len(where):
                 continue
-            count = self._counts[d] + np.arange(len(where), dtype=np.int64)
-            size = int(self.sizes[d])
-            epoch, pos = np.divmod(count, size)
-            keys = _mix64_np(self._keys[d] + epoch.astype(np.uint64))
-            index[where] = permute_indices(pos, size, keys)
+            index[where] = self.record_indices(d, self._counts[d] + np.arange(len(where), dtype=np.int64))
             self._counts[d] += len(where)
         self._draw += n
-        return choice.astype(np.int64), index
+        return choice, index
+
+    def choices(self, u: np.ndarray) -> np.ndarray:
+        """Dataset positions (in ``self.names``) picked by uniforms ``u`` (inverse CDF)."""
+        return np.minimum(np.searchsorted(self._cdf, u, side="right"), len(self.names) - 1).astype(np.int64)
+
+    def record_indices(self, d: int, count: np.ndarray) -> np.ndarray:
+        """Record indices of the ``count``-th draws (0-based) of dataset ``d``: ``perm_e(count mod n)``, e = count // n."""
+        size = int(self.sizes[d])
+        epoch, pos = np.divmod(np.asarray(count, dtype=np.int64), size)
+        keys = _mix64_np(self._keys[d] + epoch.astype(np.uint64))
+        return permute_indices(pos, size, keys)
+
+    def block_uniforms(self, b: int) -> np.ndarray:
+        """The uniforms of global draws ``b * 4096 ...`` (one seeded block; the same on every rank)."""
+        return np.random.default_rng([self.seed, 0x6D6978, b]).random(_BLOCK)
 
     def _uniforms(self, start: int, n: int) -> np.ndarray:
         out = np.empty(n)
@@ -370,8 +382,80 @@ class MixtureSampler:
             if b not in self._blocks:
                 if len(self._blocks) > 4:
                     self._blocks.clear()
-                self._blocks[b] = np.random.default_rng([self.seed, 0x6D6978, b]).random(_BLOCK)
+                self._blocks[b] = self.block_uniforms(b)
             take = min(_BLOCK - off, start + n - k)
             out[k - start : k - start + take] = self._blocks[b][off : off + take]
             k += take
         return out
+
+
+class MixturePlan:
+    """The first ``n_rows`` draws of a :class:`MixtureSampler`, computed on demand.
+
+    ``plan.rows(g)`` gives exactly what ``MixtureSampler(sizes, probs, seed).take(n_rows)`` gives at
+    positions ``g``, without holding the ``n_rows`` draws: one pass at construction counts, for
+    every block of 4096 draws (the sampler's uniform blocks), how many draws of each dataset come
+    before it (``n_blocks x n_datasets`` integers: ~4 KB per million draws for 2 datasets). A row
+    then needs only its block's uniforms (to know its dataset and its rank among that dataset's
+    draws in the block) and one permutation lookup. The last few blocks' choices are cached, so
+    reading rows in order costs about what ``take`` costs.
+    """
+
+    def __init__(self, sizes: Mapping[str, int], probs: Mapping[str, float], n_rows: int, seed: int = 0, cache_blocks: int = 8) -> None:
+        if isinstance(n_rows, bool) or not isinstance(n_rows, (int, np.integer)) or n_rows < 0:
+            raise MixtureError(f"n_rows must be a non-negative integer, got {n_rows!r}")
+        self.sampler = MixtureSampler(sizes, probs, seed=seed)
+        self.names = self.sampler.names
+        self.n_rows = int(n_rows)
+        n_blocks = -(-self.n_rows // _BLOCK)
+        n_sets = len(self.names)
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cache_blocks = cache_blocks
+        # counts[b, d]: draws of dataset d among global draws [0, b * 4096).
+        self._counts = np.zeros((n_blocks + 1, n_sets), dtype=np.int64)
+        for b in range(n_blocks):
+            self._counts[b + 1] = self._counts[b] + np.bincount(self._block_choices(b, cache=False), minlength=n_sets)
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def _block_choices(self, b: int, cache: bool = True) -> np.ndarray:
+        """Dataset positions of every draw of block ``b`` (the block's full 4096 draws)."""
+        choice = self._cache.get(b)
+        if choice is not None:
+            self._cache.move_to_end(b)
+            return choice
+        choice = self.sampler.choices(self.sampler.block_uniforms(b))
+        if cache:
+            self._cache[b] = choice
+            if len(self._cache) > self._cache_blocks:
+                self._cache.popitem(last=False)
+        return choice
+
+    def rows(self, g: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(dataset positions in ``self.names``, record indices) of plan rows ``g`` (ints in [0, n_rows))."""
+        g = np.atleast_1d(np.asarray(g, dtype=np.int64))
+        if g.ndim != 1:
+            raise MixtureError(f"rows(g) needs a 1-d array of row numbers, got shape {g.shape}")
+        if len(g) and (g.min() < 0 or g.max() >= self.n_rows):
+            raise IndexError(f"plan rows must be in [0, {self.n_rows}), got {int(g.min())}..{int(g.max())}")
+        choice = np.empty(len(g), dtype=np.int64)
+        count = np.empty(len(g), dtype=np.int64)  # how many draws of the row's dataset come before it
+        blocks, offsets = np.divmod(g, _BLOCK)
+        for b in np.unique(blocks):
+            where = np.flatnonzero(blocks == b)
+            block = self._block_choices(int(b))
+            # Rank of each draw among the draws of its dataset within the block.
+            rank = np.empty(_BLOCK, dtype=np.int64)
+            for d in range(len(self.names)):
+                mine = block == d
+                rank[mine] = np.arange(int(np.count_nonzero(mine)), dtype=np.int64)
+            off = offsets[where]
+            choice[where] = block[off]
+            count[where] = self._counts[b, block[off]] + rank[off]
+        index = np.empty(len(g), dtype=np.int64)
+        for d in range(len(self.names)):
+            where = np.flatnonzero(choice == d)
+            if len(where):
+                index[where] = self.sampler.record_indices(d, count[where])
+        return choice, index

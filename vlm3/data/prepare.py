@@ -25,8 +25,9 @@ For every work unit of the adapter (``Adapter.units()``: an image-list chunk, a 
    Arrays that are not 8-bit images (depth maps, should an adapter hand one over) are always
    written as lossless PNG;
 4. the unit's records go to one JSONL shard ``DST/records/NNNNN.jsonl`` (NNNNN = the unit's index
-   in ``units()``), written atomically, then ``DST/done/NNNNN.json`` records that the shard is
-   complete, with its counts and rejections.
+   in ``units()``), written atomically with its offset index ``DST/records/NNNNN.idx.npz`` (where
+   each line starts and which tasks can use it: ``vlm3.data.store``; made from the records in hand),
+   then ``DST/done/NNNNN.json`` records that the shard is complete, with its counts and rejections.
 
 Output::
 
@@ -34,6 +35,7 @@ Output::
     DST/prepare_report.json    counts, rejections by reason with examples, timing
     DST/prepare_settings.json  the settings that determine the output (checked when resuming)
     DST/records/NNNNN.jsonl    one shard per unit
+    DST/records/NNNNN.idx.npz  its offset index (training reads records one at a time through it)
     DST/done/NNNNN.json        per-shard completion marker with its counts
     DST/images/...             unified images (with --write-images jpeg or png)
 
@@ -77,6 +79,7 @@ from vlm3.settings import DEFAULT_FOCAL_PX
 from vlm3.data.adapters.base import Adapter, AdapterOptions, LayoutError, Rejection, get_adapter
 from vlm3.data.io import MANIFEST, RECORDS_DIR, shard_path, write_manifest, write_shard
 from vlm3.data.records import Record
+from vlm3.data.store import INDEX_SUFFIX
 
 DONE_DIR = "done"
 IMAGES_DIR = "images"
@@ -685,12 +688,13 @@ def _claim_out_dir(out: Path, settings: dict[str, Any], owner: str) -> None:
 
 
 def _remove_stale(out: Path, n_units: int) -> None:
-    """Drop shards of units that no longer exist (the source shrank), so readers never see them."""
-    for folder, suffix in ((out / RECORDS_DIR, ".jsonl"), (out / DONE_DIR, ".json")):
+    """Drop shards (and their indexes) of units that no longer exist (the source shrank), so readers never see them."""
+    for folder, suffix in ((out / RECORDS_DIR, ".jsonl"), (out / RECORDS_DIR, INDEX_SUFFIX), (out / DONE_DIR, ".json")):
         if not folder.is_dir():
             continue
         for p in folder.glob(f"*{suffix}"):
-            if p.stem.isdigit() and int(p.stem) >= n_units:
+            stem = p.name.removesuffix(suffix)
+            if stem.isdigit() and int(stem) >= n_units:
                 p.unlink()
 
 
@@ -705,7 +709,7 @@ def _tmp_path(path: Path, owner: str) -> Path:
 
 
 _OWNED_TMP = re.compile(r"^\..+\.(s\d+of\d+)\.\d+\.tmp$")  # written by _tmp_path
-_SHARD_TMP = re.compile(r"^(\d+)\.jsonl\.tmp$")  # vlm3.data.io.write_shard's temporary of shard NNNNN
+_SHARD_TMP = re.compile(r"^(\d+)\.(?:jsonl|idx\.npz)\.tmp$")  # vlm3.data.io.write_shard's temporaries of shard NNNNN (and its index)
 
 
 def _remove_stale_tmp(out: Path, opts: PrepareOptions) -> int:
@@ -715,7 +719,7 @@ def _remove_stale_tmp(out: Path, opts: PrepareOptions) -> int:
     split it with ``--num-shards``; the closing unsharded run comes after them), so it removes every
     ``*.tmp`` file there. A sharded run removes only what no other shard's run can be writing at
     the same moment: temporaries tagged with its own ``sIofN`` and the shard temporaries
-    (``records/NNNNN.jsonl.tmp``) of its own units.
+    (``records/NNNNN.jsonl.tmp``, ``records/NNNNN.idx.npz.tmp``) of its own units.
     """
     owner = _tmp_owner(opts)
     removed = 0

@@ -337,9 +337,9 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     is_main = int(os.environ.get("RANK", "0")) == 0
 
-    # Data first: reading labels is cheap, so a wrong path fails before the model is loaded.
+    # Data first: opening the datasets reads their shard indexes only, so a wrong path fails before the model is loaded.
     try:
-        datasets: list[LoadedDataset] = load_datasets(cfg.data.datasets, cfg.data.task)  # errors name the entry
+        datasets: list[LoadedDataset] = load_datasets(cfg.data.datasets, cfg.data.task, progress=is_main and not quiet)  # errors name the entry
     except (OSError, ValueError) as e:
         raise ConfigError(str(e)) from e
     try:
