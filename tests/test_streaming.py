@@ -29,7 +29,14 @@ from vlm3.data.prepare import PrepareOptions, prepare
 from vlm3.data.records import Record
 from vlm3.settings import Settings
 from vlm3.tasks import task_names
-from vlm3.train.dataset import LoadedDataset, SampleBuilder, load_datasets, make_plan, plan_rows, training_dataset, usable_for
+from vlm3.train.dataset import LoadedDataset, SampleBuilder, _positions, load_datasets, plan_rows, training_dataset, usable_for
+
+
+def make_plan(datasets, probs, n_rows, seed):
+    """The eager reference: every plan row at once, as training drew them before plans were lazy."""
+    sampler = MixtureSampler({d.name: len(d.records) for d in datasets}, probs, seed=seed)
+    choice, index = sampler.take(n_rows)
+    return {"dataset": _positions(datasets, sampler.names)[choice], "index": index, "draw": np.arange(n_rows, dtype=np.int64)}
 
 
 @pytest.fixture(autouse=True)

@@ -54,7 +54,7 @@ from vlm3.tasks.samples import build_sample, load_images
 LOG_ROWS_ENV = "VLM3_LOG_ROWS"  # opt-in row audit (see module doc)
 
 __all__ = [  # PlanDataset too (module __getattr__: it subclasses datasets.Dataset, imported on first use)
-    "LOG_ROWS_ENV", "LoadedDataset", "PlanRows", "SampleBuilder", "dataset_probs", "load_datasets", "log_rows", "make_plan",
+    "LOG_ROWS_ENV", "LoadedDataset", "PlanRows", "SampleBuilder", "dataset_probs", "load_datasets", "log_rows",
     "plan_rows", "training_dataset", "usable_for",
 ]
 
@@ -127,18 +127,9 @@ def _positions(datasets: list[LoadedDataset], names: list[str]) -> np.ndarray:
     return np.array([next(i for i, d in enumerate(datasets) if d.name == name) for name in names], dtype=np.int64)
 
 
-def make_plan(datasets: list[LoadedDataset], probs: dict[str, float], n_rows: int, seed: int) -> dict[str, np.ndarray]:
-    """The first ``n_rows`` mixture draws as columns ``dataset`` (position in ``datasets``), ``index``, ``draw``.
-
-    Materialises all rows (the reference :func:`plan_rows` equals); training uses :class:`PlanDataset`.
-    """
-    sampler = MixtureSampler({d.name: len(d.records) for d in datasets}, probs, seed=seed)
-    choice, index = sampler.take(n_rows)
-    return {"dataset": _positions(datasets, sampler.names)[choice], "index": index, "draw": np.arange(n_rows, dtype=np.int64)}
-
-
 def plan_rows(datasets: list[LoadedDataset], probs: dict[str, float], n_rows: int, seed: int) -> "PlanRows":
-    """The plan of :func:`make_plan`, computed on demand: ``plan_rows(...)[g]`` == ``make_plan(...)`` rows ``g``."""
+    """The first ``n_rows`` mixture draws, computed on demand: ``plan_rows(...)[g]`` is row g of
+    ``MixtureSampler(sizes, probs, seed).take(n_rows)``, with ``dataset`` as a position in ``datasets``."""
     return PlanRows(MixturePlan({d.name: len(d.records) for d in datasets}, probs, n_rows, seed=seed), datasets)
 
 
