@@ -108,3 +108,31 @@ def answer_server(table: dict, key, finish_reason: str = "stop"):
                 "usage": {"prompt_tokens": 10, "completion_tokens": body["max_tokens"], "total_tokens": 10 + body["max_tokens"]}}
 
     return api
+
+
+# --- COCO RLE masks, written independently of the adapters' decoder ------------------------------
+
+
+def rle_encode(mask: np.ndarray) -> list[int]:
+    """Column-major run lengths starting with a background run (pycocotools' convention)."""
+    flat = np.asarray(mask, dtype=np.uint8).flatten(order="F")
+    edges = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+    return ([0] + runs) if flat[0] else runs
+
+
+def rle_string(counts: list[int]) -> str:
+    """pycocotools' rleToString: differences to the run two before, 5-bit groups, offset 48."""
+    out = []
+    for i, x in enumerate(counts):
+        if i > 2:
+            x -= counts[i - 2]
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = (x != -1) if (c & 0x10) else (x != 0)
+            if more:
+                c |= 0x20
+            out.append(chr(c + 48))
+    return "".join(out)

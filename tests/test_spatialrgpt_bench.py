@@ -18,7 +18,7 @@ import re
 import numpy as np
 import pytest
 from PIL import Image
-from support import assert_round_trip, run_adapter
+from support import assert_round_trip, rle_encode, rle_string, run_adapter
 
 from vlm3.data.adapters import LayoutError, get_adapter
 from vlm3.data.adapters.spatialrgpt_bench import BENCH_JSON, decode_rle, rle_counts
@@ -107,34 +107,6 @@ QUANTITIES = [
 LENGTHS = [("0.0 inches", 0.0), ("0.42 centimeters", 0.0042), ("1.52 meters", 1.52), ("4.99 feet", 4.99 * FT),
            ("37.4 centimeters", 0.374), ("14.72 inches", 14.72 * INCH), ("6.3 meters", 6.3), ("23.01 feet", 23.01 * FT)]
 DIRECTIONS = ["[B] is roughly at [X] o'clock from [A].", "[A] will find [B] around the [X] o'clock direction."]
-
-
-# --- COCO RLE, written here independently of the adapter's decoder ----------------------------------
-
-
-def rle_encode(mask: np.ndarray) -> list[int]:
-    """Column-major run lengths starting with a background run (pycocotools' convention)."""
-    flat = np.asarray(mask, dtype=np.uint8).flatten(order="F")
-    edges = np.flatnonzero(np.diff(flat)) + 1
-    runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
-    return ([0] + runs) if flat[0] else runs
-
-
-def rle_string(counts: list[int]) -> str:
-    """pycocotools' rleToString: differences to the run two before, 5-bit groups, offset 48."""
-    out = []
-    for i, x in enumerate(counts):
-        if i > 2:
-            x -= counts[i - 2]
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = (x != -1) if (c & 0x10) else (x != 0)
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return "".join(out)
 
 
 def random_mask(rng: np.random.Generator) -> np.ndarray:

@@ -16,7 +16,7 @@ import re
 import numpy as np
 import pytest
 from PIL import Image
-from support import assert_round_trip, run_adapter
+from support import assert_round_trip, rle_encode, rle_string, run_adapter
 
 from vlm3.data.adapters import AdapterOptions, LayoutError, Rejection, get_adapter
 from vlm3.data.adapters.spatialrgpt_bench import decode_rle, mask_box
@@ -24,34 +24,6 @@ from vlm3.data.adapters.spatialrgpt_train import QUESTION_TEMPLATES, TRAIN_JSON,
 from vlm3.data.records import Record
 
 W, H = 64, 48
-
-
-# --- COCO RLE, written here independently of the adapter ------------------------------------------
-
-
-def rle_encode(mask: np.ndarray) -> list[int]:
-    """Column-major run lengths starting with a background run (pycocotools' convention)."""
-    flat = np.asarray(mask, dtype=np.uint8).flatten(order="F")
-    edges = np.flatnonzero(np.diff(flat)) + 1
-    runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
-    return ([0] + runs) if flat[0] else runs
-
-
-def rle_string(counts: list[int]) -> str:
-    """pycocotools' rleToString: differences to the run two before, 5-bit groups, offset 48."""
-    out = []
-    for i, x in enumerate(counts):
-        if i > 2:
-            x -= counts[i - 2]
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = (x != -1) if (c & 0x10) else (x != 0)
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return "".join(out)
 
 
 def extent(mask: np.ndarray) -> tuple[int, int, int, int]:

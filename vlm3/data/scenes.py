@@ -288,7 +288,7 @@ class SceneConfig:
         )
 
 
-class _FrameCache:
+class FrameCache:
     """Loads frames lazily (seeded per frame, so results do not depend on load order) with an LRU bound."""
 
     def __init__(self, frames: Sequence[FrameSource], cfg: SceneConfig) -> None:
@@ -370,7 +370,7 @@ def scene_records(frames: Sequence[FrameSource], cfg: SceneConfig) -> Iterator[R
     ``cfg.max_gap`` in that order. A frame that fails to load becomes one :class:`Rejection` and
     takes part in no pair. Everything sampled is seeded from ``cfg.seed`` and stable names.
     """
-    cache = _FrameCache(frames, cfg)
+    cache = FrameCache(frames, cfg)
     rejected: set[int] = set()
 
     def _reject(i: int, e: FrameError) -> Rejection:
@@ -427,24 +427,29 @@ def scene_records(frames: Sequence[FrameSource], cfg: SceneConfig) -> Iterator[R
     )
     yield from pending
     for sp in chosen:
-        i, j = good[sp.i], good[sp.j]
-        rng = item_rng(cfg.seed, f"{cfg.dataset}/{cfg.scene}/{frames[i].name}/{frames[j].name}/pair")
-        if cfg.random_order and rng.random() < 0.5:
-            i, j = j, i
-        fa, fb = frames[i], frames[j]
-        a, b = cache.get(i), cache.get(j)
-        T_ba = relative_pose(fa.view.pose, fb.view.pose)
-        px_a, px_b, cov = pair_matches(a, b, T_ba, fa.view.K, fb.view.K, cfg.rel_tol)
-        # Candidates are in uniform random order, so a prefix of the covisible ones is a uniform sample.
-        px_a, px_b = px_a[: cfg.match_points], px_b[: cfg.match_points]
-        matches = Matches(pixels0=_as_tuples(px_a), pixels1=_as_tuples(px_b)) if len(px_a) else None
-        yield Record(
-            id=f"{cfg.dataset}/{cfg.scene}/{fa.name}__{fb.name}",
-            dataset=cfg.dataset,
-            split=cfg.split,
-            views=[fa.view, fb.view],
-            metric_scale=cfg.metric_scale,
-            matches=matches,
-            covisibility=float(cov),
-            meta={"scene": cfg.scene, "frame0": fa.name, "frame1": fb.name, "covisibility_min": sp.covisibility, **cfg.meta},
-        )
+        yield pair_record(frames, cache, good[sp.i], good[sp.j], cfg, {"covisibility_min": sp.covisibility})
+
+
+def pair_record(frames: list[FrameSource], cache: "FrameCache", i: int, j: int, cfg: SceneConfig, meta: dict[str, Any]) -> Record:
+    """The pair record of frames ``i`` and ``j`` (seeded swap when ``cfg.random_order``): both views,
+    matches from depth and poses (:func:`pair_matches`), covisibility; ``meta`` adds to the record's."""
+    rng = item_rng(cfg.seed, f"{cfg.dataset}/{cfg.scene}/{frames[i].name}/{frames[j].name}/pair")
+    if cfg.random_order and rng.random() < 0.5:
+        i, j = j, i
+    fa, fb = frames[i], frames[j]
+    a, b = cache.get(i), cache.get(j)
+    T_ba = relative_pose(fa.view.pose, fb.view.pose)
+    px_a, px_b, cov = pair_matches(a, b, T_ba, fa.view.K, fb.view.K, cfg.rel_tol)
+    # Candidates are in uniform random order, so a prefix of the covisible ones is a uniform sample.
+    px_a, px_b = px_a[: cfg.match_points], px_b[: cfg.match_points]
+    matches = Matches(pixels0=_as_tuples(px_a), pixels1=_as_tuples(px_b)) if len(px_a) else None
+    return Record(
+        id=f"{cfg.dataset}/{cfg.scene}/{fa.name}__{fb.name}",
+        dataset=cfg.dataset,
+        split=cfg.split,
+        views=[fa.view, fb.view],
+        metric_scale=cfg.metric_scale,
+        matches=matches,
+        covisibility=float(cov),
+        meta={"scene": cfg.scene, "frame0": fa.name, "frame1": fb.name, **meta, **cfg.meta},
+    )

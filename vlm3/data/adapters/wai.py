@@ -95,11 +95,10 @@ from vlm3.data.adapters.base import Adapter, AdapterOptions, LayoutError, Reject
 from vlm3.data.adapters.colmap_scenes import read_scene_list, select_scenes
 from vlm3.data.adapters.kit import image_size, read_exr
 from vlm3.data.adapters.scannet import pose_from_cam_to_world
-from vlm3.data.records import Matches, Record, View
+from vlm3.data.records import Record, View
 from vlm3.data.sampling import item_rng
-from vlm3.data.scenes import FrameData, FrameError, FrameSource, SceneConfig, _FrameCache, pair_matches, pinhole_frame, scene_records
+from vlm3.data.scenes import FrameCache, FrameData, FrameError, FrameSource, SceneConfig, pair_record, pinhole_frame, scene_records
 from vlm3.geometry.camera import Intrinsics
-from vlm3.geometry.pose import relative_pose
 
 SCENE_META = "scene_meta.json"
 DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")  # mapanything/utils/wai/camera.py DISTORTION_PARAM_KEYS
@@ -395,7 +394,7 @@ options.extra: covisibility (auto | matrix | depth), covisibility_version (v0), 
         """Pairs qualifying by the WAI matrix (a seeded uniform draw), matches from depth."""
         A = np.asarray(C[np.ix_(index, index)], dtype=np.float32)  # usable frames, in scene_meta order
         cand, scores = qualifying_pairs(A, cfg.min_covisibility, cfg.min_gap, cfg.max_gap)
-        cache = _FrameCache(frames, cfg)
+        cache = FrameCache(frames, cfg)
         failed: set[int] = set()
         rng = item_rng(cfg.seed, f"{cfg.dataset}/{cfg.scene}/pairs")
         chosen: list[tuple[int, int, float]] = []
@@ -417,22 +416,4 @@ options.extra: covisibility (auto | matrix | depth), covisibility_version (v0), 
             if usable:
                 chosen.append((i, j, float(scores[p])))
         for i, j, score in sorted(chosen):
-            pr = item_rng(cfg.seed, f"{cfg.dataset}/{cfg.scene}/{frames[i].name}/{frames[j].name}/pair")
-            if cfg.random_order and pr.random() < 0.5:
-                i, j = j, i
-            fa, fb = frames[i], frames[j]
-            a, b = cache.get(i), cache.get(j)
-            T_ba = relative_pose(fa.view.pose, fb.view.pose)
-            px_a, px_b, cov = pair_matches(a, b, T_ba, fa.view.K, fb.view.K, cfg.rel_tol)
-            px_a, px_b = px_a[: cfg.match_points], px_b[: cfg.match_points]
-            matches = Matches(pixels0=[tuple(map(float, p)) for p in px_a], pixels1=[tuple(map(float, p)) for p in px_b]) if len(px_a) else None
-            yield Record(
-                id=f"{cfg.dataset}/{cfg.scene}/{fa.name}__{fb.name}",
-                dataset=cfg.dataset,
-                split=cfg.split,
-                views=[fa.view, fb.view],
-                metric_scale=cfg.metric_scale,
-                matches=matches,
-                covisibility=float(cov),
-                meta={"scene": cfg.scene, "frame0": fa.name, "frame1": fb.name, "covisibility_wai": score, **cfg.meta},
-            )
+            yield pair_record(frames, cache, i, j, cfg, {"covisibility_wai": score})
