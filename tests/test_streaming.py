@@ -305,7 +305,7 @@ def test_the_lazy_training_dataset_gives_the_examples_of_the_materialised_plan(s
 
     entries = [SimpleNamespace(path=str(prepared), name="prep", weight=None), SimpleNamespace(path=str(synth_data), name=None, weight=2.0)]
     loaded = load_datasets(entries, "depth")
-    assert [type(d.records) for d in loaded] == [S.RecordStore] * 2 and [d.size for d in loaded] == [9, 6]
+    assert [type(d.records) for d in loaded] == [S.RecordStore] * 2 and [len(d.records) for d in loaded] == [9, 6]
     settings = Settings(focal=60.0, points_per_sample=3)
     probs = {"prep": 0.4, "fixed_rig": 0.6}
     n_rows = 40

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from vlm3.settings import DEFAULT_FOCAL_PX, DEFAULT_N_COORDS
 from vlm3.tasks import task_names
 from vlm3.threads import THREADS_OPTION, use_threads
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from vlm3.eval.run import EvalResult
 
 app = typer.Typer(
     name="vlm3",
@@ -427,7 +434,6 @@ def eval_command(
     from vlm3.eval.bench import BenchError
     from vlm3.eval.run import EvalError, EvalResult, run_eval
     from vlm3.models.backend import http_options
-    from vlm3.tasks import get_task
 
     err = Console(stderr=True)
     use_threads(threads)
@@ -462,7 +468,7 @@ def eval_command(
     typer.echo(_eval_line(result))
 
 
-def _eval_line(result: "EvalResult") -> str:
+def _eval_line(result: EvalResult) -> str:
     """The one-line summary of an evaluation: headline metric, labels asked / not asked, failures."""
     from vlm3.eval.report import not_asked_text
     from vlm3.tasks import get_task
@@ -570,6 +576,7 @@ def bench_list() -> None:
     table = Table(title="benches (vlm3 eval --bench NAME)", title_justify="left")
     for col in ("bench", "task", "questions", "data", "suites", "description"):
         table.add_column(col, overflow="fold", justify="right" if col == "questions" else "left")
+    present: set[str] = set()
     for name in bench_names():
         try:
             bench = load_bench(name)
@@ -581,6 +588,8 @@ def bench_list() -> None:
         else:
             questions = f"{bench.questions} (protocol)" if bench.questions else "(from the data)"
         why = data_missing(bench)
+        if why is None:
+            present.add(name)
         data = "synthetic" if "synth" in bench.data else ("present" if why is None else "missing")
         table.add_row(name, bench.task, questions, data, ", ".join(member_of[name]), bench.description or "")
     Console(width=160).print(table)
@@ -588,8 +597,8 @@ def bench_list() -> None:
     for col in ("suite", "task", "benches", "data present", "published rows"):
         stable.add_column(col, overflow="fold")
     for name, suite in suites.items():
-        present = [b for b in suite.benches if b in member_of and data_missing(load_bench(b)) is None]
-        stable.add_row(name, suite.task, ", ".join(suite.benches), f"{len(present)} of {len(suite.benches)}", suite.source)
+        here = [b for b in suite.benches if b in present]
+        stable.add_row(name, suite.task, ", ".join(suite.benches), f"{len(here)} of {len(suite.benches)}", suite.source)
     Console(width=160).print(stable)
 
 

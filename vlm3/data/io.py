@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
-from vlm3.data.records import SCHEMA_VERSION, Record
+from vlm3.data.records import SCHEMA_VERSION, Record, parse_record
 
 MANIFEST = "manifest.json"
 RECORDS_DIR = "records"
@@ -84,12 +83,7 @@ def read_shard(path: str | Path) -> Iterator[Record]:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                yield Record.model_validate_json(line)
-            except ValidationError as e:
-                first = e.errors()[0]
-                loc = ".".join(str(x) for x in first["loc"])
-                raise ValueError(f"{path}:{lineno}: invalid record field '{loc}': {first['msg']}") from None
+            yield parse_record(line, f"{path}:{lineno}")
 
 
 def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> Path:

@@ -24,7 +24,7 @@ import re
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vlm3.geometry.camera import Intrinsics
 
@@ -239,3 +239,13 @@ def check_pixels_inside(record: Record) -> list[str]:
                 if x0 < 0 or y0 < 0 or x1 > K.width or y1 > K.height:
                     problems.append(f"qa[{i}].regions[{j}] = ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is outside the {K.width}x{K.height} image")
     return problems
+
+
+def parse_record(line: str | bytes, where: str) -> Record:
+    """The record of one JSONL line; ValueError naming ``where`` (e.g. ``shard.jsonl:12``) and the first bad field."""
+    try:
+        return Record.model_validate_json(line)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise ValueError(f"{where}: invalid record field '{loc}': {first['msg']}") from None

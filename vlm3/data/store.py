@@ -51,9 +51,8 @@ from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
-from pydantic import ValidationError
 
-from vlm3.data.records import Record
+from vlm3.data.records import Record, parse_record
 
 INDEX_VERSION = 1
 INDEX_SUFFIX = ".idx.npz"
@@ -214,20 +213,11 @@ def build_index(shard: str | Path, tasks: Sequence[str] | None = None, advance: 
             if not line.strip():
                 continue
             offsets.append(start)
-            flags.append(record_flags(_parse(line, shard, lineno), tasks))
+            flags.append(record_flags(parse_record(line, f"{shard}:{lineno}"), tasks))
     after = shard.stat()
     if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
         raise RuntimeError(f"{shard} changed while it was being indexed; run again")
     return ShardIndex(np.frombuffer(offsets, dtype=np.uint64).copy(), np.frombuffer(flags, dtype=np.uint32).copy(), tasks, st.st_size, st.st_mtime_ns)
-
-
-def _parse(line: bytes, shard: Path, where: int | str) -> Record:
-    try:
-        return Record.model_validate_json(line)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        raise ValueError(f"{shard}:{where}: invalid record field '{loc}': {first['msg']}") from None
 
 
 def find_index(shard: str | Path, task: str | None = None) -> ShardIndex | None:
@@ -373,7 +363,7 @@ class RecordStore(Sequence[Record]):
             raise IndexError(f"record {i} out of range ({n} records)")
         k = int(np.searchsorted(self.starts, i, side="right")) - 1
         offset = int(self.offsets[i])
-        return _parse(self._line(k, offset), Path(self.shards[k]), f"byte {offset}")
+        return parse_record(self._line(k, offset), f"{self.shards[k]}:byte {offset}")
 
     def __iter__(self) -> Iterator[Record]:
         for i in range(len(self)):

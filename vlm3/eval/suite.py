@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from vlm3.config import ConfigError, ConfigModel, read_yaml
 from vlm3.eval.bench import Bench, BenchError, data_missing, load_bench
@@ -219,35 +219,33 @@ class TableView:
     partial: list[str] = field(default_factory=list)  # the evaluated columns a partial summary averages
 
 
+def _means(titles: list[str], values: list[float | None], summaries: list[Summary]) -> list[float | None]:
+    """Each summary's mean over its columns of ``values`` (None when one of them is None)."""
+    by = dict(zip(titles, values))
+    return [_mean([by[t] for t in s.of]) for s in summaries]
+
+
 def table_view(table: Table, metrics: dict[str, dict[str, Any]], model: str) -> TableView:
     """The published rows and the model's row of ``table``, in the paper's units; summaries the
     paper's way, plus like-for-like partial summaries when columns were not evaluated."""
     titles = [c.title for c in table.columns]
-    mine = [
-        None if c.bench not in metrics else (lambda v: None if v is None else v * table.scale)(metric_value(metrics[c.bench].get("metrics", {}), c.metric))
-        for c in table.columns
-    ]
+    mine: list[float | None] = []
+    for c in table.columns:
+        value = metric_value(metrics[c.bench].get("metrics", {}), c.metric) if c.bench in metrics else None
+        mine.append(None if value is None else value * table.scale)
     evaluated = [t for t, v in zip(titles, mine) if v is not None]
-    headers = titles + [s.title for s in table.summary]
     partial_cols: list[str] = []
-    partial_summaries: list[Summary] = []
+    partial: list[Summary] = []
     for s in table.summary:
         present = [t for t in s.of if t in evaluated]
         if present and len(present) < len(s.of):
-            partial_summaries.append(Summary(title=f"{s.title} ({len(present)} of {len(s.of)})", of=present))
+            partial.append(Summary(title=f"{s.title} ({len(present)} of {len(s.of)})", of=present))
             partial_cols = present
-    headers += [s.title for s in partial_summaries]
-
-    def summaries(values: list[float | None]) -> list[float | None]:
-        by = dict(zip(titles, values))
-        return [_mean([by[t] for t in s.of]) for s in partial_summaries]
-
+    headers = titles + [s.title for s in table.summary] + [s.title for s in partial]
     rows: list[tuple[str, list[float | None]]] = []
-    for row in table.rows:
-        base = list(row.values)
-        rows.append((row.model, base + summaries(base[: len(titles)])))
-    own = mine + [_mean([dict(zip(titles, mine))[t] for t in s.of]) for s in table.summary]
-    rows.append((f"{model} (this run)", own + summaries(mine)))
+    for row in table.rows:  # published: their own summaries as printed, then the partial ones
+        rows.append((row.model, list(row.values) + _means(titles, row.values[: len(titles)], partial)))
+    rows.append((f"{model} (this run)", mine + _means(titles, mine, table.summary) + _means(titles, mine, partial)))
     return TableView(table.title, headers, rows, table.digits, table.higher_is_better, partial_cols)
 
 

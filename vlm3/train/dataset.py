@@ -44,7 +44,7 @@ import numpy as np
 
 from vlm3.data.images import check_record_image
 from vlm3.data.io import image_root, read_manifest
-from vlm3.data.mixture import MixturePlan, MixtureSampler, mixture_probs
+from vlm3.data.mixture import MixturePlan, mixture_probs
 from vlm3.data.records import Record
 from vlm3.data.store import RecordStore, usable_for
 from vlm3.settings import Settings
@@ -72,10 +72,6 @@ class LoadedDataset:
     root: Path
     records: Sequence[Record]
     weight: float | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self.records)
 
 
 def load_datasets(entries: list[Any], task: str, *, progress: bool = False) -> list[LoadedDataset]:
